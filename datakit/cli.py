@@ -1,0 +1,114 @@
+"""The ``datakit`` command: a thin layer that parses arguments and calls the Python API."""
+
+from __future__ import annotations
+
+import sys
+
+import click
+import orjson
+
+from datakit.convert import ConversionError, convert_file, write_dataset_info
+from datakit.formats import FORMATS, FormatError, ReadOptions
+from datakit.inspect import inspect as inspect_api
+from datakit.inspect import render
+from datakit.io import InputError
+
+FORMAT_CHOICE = click.Choice(list(FORMATS))
+
+
+def _read_options(alpaca_separator: str, oasst_threads: str, lang: str | None, keep_synthetic: bool) -> ReadOptions:
+    langs = tuple(x.strip() for x in lang.split(",") if x.strip()) if lang else None
+    separator = alpaca_separator.encode().decode("unicode_escape")  # lets users type \n
+    return ReadOptions(
+        alpaca_separator=separator, oasst_threads=oasst_threads, oasst_lang=langs, oasst_keep_synthetic=keep_synthetic
+    )
+
+
+def read_option_flags(func):
+    """The flags that steer readers, shared by convert and inspect."""
+    func = click.option("--keep-synthetic", is_flag=True, help="OpenAssistant: keep synthetic messages.")(func)
+    func = click.option("--lang", default=None, help="OpenAssistant: keep only these languages (comma-separated).")(
+        func
+    )
+    func = click.option(
+        "--oasst-threads",
+        type=click.Choice(["all", "top"]),
+        default="all",
+        show_default=True,
+        help="OpenAssistant: every root-to-leaf thread, or the top-ranked reply at each step.",
+    )(func)
+    func = click.option(
+        "--alpaca-separator",
+        default="\\n",
+        show_default=True,
+        help="Alpaca: text between instruction and input when they are joined.",
+    )(func)
+    return func
+
+
+@click.group()
+@click.version_option(package_name="datakit")
+def main() -> None:
+    """datakit: convert, clean and compare instruction-tuning data."""
+
+
+@main.command()
+@click.argument("input", type=click.Path(allow_dash=True))
+@click.argument("output", type=click.Path(allow_dash=True))
+@click.option("--to", "to", type=FORMAT_CHOICE, required=True, help="Output format.")
+@click.option("--from", "from_format", type=FORMAT_CHOICE, default=None, help="Input format (detected if left out).")
+@click.option("--on-error", type=click.Choice(["fail", "skip"]), default="fail", show_default=True)
+@click.option("--rejects", type=click.Path(), default=None, help="JSONL of bad records and reasons (with skip).")
+@click.option("--lossy", is_flag=True, help="Apply the documented lossy rules instead of rejecting.")
+@click.option(
+    "--dataset-info",
+    type=click.Path(),
+    default=None,
+    help="Also add the output to this LLaMA-Factory dataset_info.json.",
+)
+@click.option("--dataset-name", default=None, help="Entry name in dataset_info.json (default: output file stem).")
+@click.option("--quiet", is_flag=True, help="No progress or summary on stderr.")
+@read_option_flags
+def convert(
+    input, output, to, from_format, on_error, rejects, lossy, dataset_info, dataset_name, quiet, **read_flags
+) -> None:
+    """Convert INPUT to OUTPUT (.json .jsonl .parquet .csv, optionally .gz; '-' for stdin/stdout)."""
+    try:
+        summary = convert_file(
+            input,
+            output,
+            to,
+            from_format,
+            on_error=on_error,
+            rejects=rejects,
+            lossy=lossy,
+            read_options=_read_options(**read_flags),
+            progress=not quiet and sys.stderr.isatty(),
+        )
+        if dataset_info:
+            write_dataset_info(dataset_info, output, to, dataset_name)
+    except (ConversionError, FormatError, InputError, ValueError) as exc:
+        raise click.ClickException(str(exc)) from None
+    if not quiet:
+        click.echo(summary.text(), err=True)
+
+
+@main.command()
+@click.argument("input", type=click.Path(allow_dash=True))
+@click.option("--from", "from_format", type=FORMAT_CHOICE, default=None, help="Input format (detected if left out).")
+@click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
+@read_option_flags
+def inspect(input, from_format, as_json, **read_flags) -> None:
+    """Show what INPUT holds: format, records, turns, roles, lengths, empty fields, duplicates."""
+    try:
+        report = inspect_api(input, from_format, _read_options(**read_flags))
+    except (FormatError, InputError, ValueError) as exc:
+        raise click.ClickException(str(exc)) from None
+    if as_json:
+        click.echo(orjson.dumps(report, option=orjson.OPT_INDENT_2).decode())
+    else:
+        click.echo(render(report))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,134 @@
+"""What every format module shares: read outcomes, options and small parsing helpers."""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import orjson
+
+from datakit.io import SourceRow
+from datakit.record import RecordError, validate
+
+
+@dataclass
+class ReadOptions:
+    """Choices a reader makes where a format leaves room (CLI flags map onto these)."""
+
+    alpaca_separator: str = "\n"  # instruction + separator + input, as LLaMA-Factory does
+    oasst_threads: str = "all"  # "all" root-to-leaf threads, or "top" ranked reply at each step
+    oasst_lang: tuple[str, ...] | None = None  # keep only these languages (None: all)
+    oasst_keep_synthetic: bool = False
+    notes: Counter = field(default_factory=Counter)  # counts a reader wants in the summary
+
+
+@dataclass
+class WriteOptions:
+    lossy: bool = False  # apply the documented lossy rules instead of rejecting
+    alpaca_separator: str = "\n"
+    notes: Counter = field(default_factory=Counter)
+
+
+@dataclass(slots=True)
+class Rejected:
+    """An input row (or record) that could not be converted, with the reason."""
+
+    row: SourceRow
+    reason: str
+
+
+@dataclass(slots=True)
+class Skipped:
+    """An input row that is valid but left out by a documented policy (not an error)."""
+
+    row: SourceRow
+    reason: str
+
+
+@dataclass(slots=True)
+class Used:
+    """An input row whose content went into records made from other rows (an OpenAssistant
+    message on the path to a later reply, in the flat message table)."""
+
+    row: SourceRow
+
+
+@dataclass(slots=True)
+class Read:
+    """One canonical record made from an input row (a row may give several)."""
+
+    row: SourceRow
+    record: dict[str, Any]
+
+
+Outcome = Read | Used | Rejected | Skipped
+
+
+def read_each(
+    rows: Iterable[SourceRow],
+    read_row: Callable[[dict[str, Any]], list[dict[str, Any]]],
+    source_format: str,
+) -> Iterator[Outcome]:
+    """Apply a one-row reader to every row: stamp provenance, validate, turn errors into rejects."""
+    for row in rows:
+        if row.error is not None:
+            yield Rejected(row, row.error)
+            continue
+        try:
+            records = read_row(row.data)
+            for record in records:
+                validate(record)
+        except RecordError as exc:
+            yield Rejected(row, str(exc))
+            continue
+        except (KeyError, TypeError, AttributeError, ValueError) as exc:
+            # A wrong type deep inside a row: report it as a reason, never crash.
+            yield Rejected(row, f"malformed {source_format} record: {type(exc).__name__}: {exc}")
+            continue
+        for record in records:
+            stamp_source(record, row, source_format)
+            yield Read(row, record)
+
+
+def stamp_source(record: dict[str, Any], row: SourceRow, source_format: str) -> None:
+    record["meta"].setdefault("source", {"format": source_format, **row.location()})
+
+
+def field_text(row: dict[str, Any], key: str, *, required: bool = False) -> str | None:
+    """A string field; a missing or null optional field is None, a wrong type is an error."""
+    value = row.get(key)
+    if value is None:
+        if required:
+            raise RecordError(f"missing required field {key!r}")
+        return None
+    if not isinstance(value, str):
+        raise RecordError(f"field {key!r} must be a string, got {type(value).__name__}")
+    return value
+
+
+def nested(value: Any, key: str, expect: type) -> Any:
+    """A list/dict field that may arrive as JSON text (CSV, Parquet, ShareGPT's `tools`)."""
+    if isinstance(value, str):
+        text = value.strip()
+        if not text:
+            return None
+        try:
+            value = orjson.loads(text)
+        except orjson.JSONDecodeError as exc:
+            raise RecordError(f"field {key!r} is not valid JSON: {exc}") from None
+    if value is not None and not isinstance(value, expect):
+        raise RecordError(f"field {key!r} must be a {expect.__name__}, got {type(value).__name__}")
+    return value
+
+
+def parse_tools(value: Any) -> list | None:
+    """Tool schemas: a list, or JSON text of a list (ShareGPT stores it so); empty means none."""
+    tools = nested(value, "tools", list)
+    return tools or None
+
+
+def drop_none(row: dict[str, Any]) -> dict[str, Any]:
+    """JSON outputs leave optional fields out rather than writing null."""
+    return {k: v for k, v in row.items() if v is not None}

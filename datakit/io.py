@@ -1,0 +1,360 @@
+"""Reading rows from, and writing rows to, JSON / JSONL / Parquet / CSV / Arrow files.
+
+Every row read carries where it came from (file, line or index), so any later error
+can name it. Every write goes to a temporary file first and is renamed into place
+only when complete, so a crash never leaves a half-written output that looks whole.
+"""
+
+from __future__ import annotations
+
+import csv
+import gzip
+import io
+import os
+import shutil
+import sys
+import tempfile
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO, Any
+
+import orjson
+import polars as pl
+
+TABLE_SUFFIXES = (".parquet", ".csv", ".arrow")
+SUFFIXES = (".jsonl", ".ndjson", ".json", ".parquet", ".csv", ".arrow")
+BATCH_SIZE = 10_000
+
+
+class InputError(ValueError):
+    """A whole input that cannot be read (unknown extension, unparseable JSON array...)."""
+
+
+@dataclass(slots=True)
+class SourceRow:
+    """One raw input row and where it came from; ``error`` is set when it did not parse."""
+
+    data: dict[str, Any] | None
+    file: str
+    index: int  # 0-based position in the file (for JSONL: the line number - 1)
+    line: int | None = None  # 1-based line number, for line-oriented files
+    error: str | None = None
+    raw: str | None = None  # the unparsed text of a bad line
+
+    def where(self) -> str:
+        if self.line is not None:
+            return f"{self.file}:{self.line}"
+        return f"{self.file} record {self.index}"
+
+    def location(self) -> dict[str, Any]:
+        loc: dict[str, Any] = {"file": self.file, "index": self.index}
+        if self.line is not None:
+            loc["line"] = self.line
+        return loc
+
+
+def file_kind(path: str | Path) -> tuple[str, bool]:
+    """('jsonl' | 'json' | 'parquet' | 'csv' | 'arrow', gzipped) from the file name."""
+    name = str(path).lower()
+    gz = name.endswith(".gz")
+    if gz:
+        name = name[:-3]
+    for suffix in SUFFIXES:
+        if name.endswith(suffix):
+            kind = "jsonl" if suffix == ".ndjson" else suffix[1:]
+            if gz and kind in ("parquet", "arrow"):
+                raise InputError(f"{path}: gzip around {kind} is not supported (it is compressed already)")
+            return kind, gz
+    raise InputError(f"{path}: unknown file type; use one of {', '.join(SUFFIXES)} (optionally .gz)")
+
+
+def _open_text(path: str | Path, gz: bool) -> IO[bytes]:
+    if str(path) == "-":
+        return sys.stdin.buffer
+    return gzip.open(path, "rb") if gz else open(path, "rb")
+
+
+# --- reading --------------------------------------------------------------------------
+
+
+def read_rows(path: str | Path, kind: str | None = None) -> Iterator[SourceRow]:
+    """Yield every row of a file, in order. ``-`` reads JSON or JSONL from stdin."""
+    name = str(path)
+    if name == "-":
+        yield from _read_stdin()
+        return
+    if not Path(name).exists():
+        raise InputError(f"{name}: no such file")
+    gz = False
+    if kind is None:
+        kind, gz = file_kind(name)
+    if kind == "jsonl":
+        with _open_text(name, gz) as f:
+            yield from _read_jsonl_lines(f, name)
+    elif kind == "json":
+        with _open_text(name, gz) as f:
+            yield from _read_json_document(f.read(), name)
+    elif kind == "parquet":
+        yield from _read_parquet(name)
+    elif kind == "csv":
+        yield from _read_csv(name, gz)
+    elif kind == "arrow":
+        yield from _read_arrow(name)
+    else:
+        raise InputError(f"{name}: unknown file type {kind!r}")
+
+
+def _read_stdin() -> Iterator[SourceRow]:
+    data = sys.stdin.buffer.read()
+    if data.lstrip()[:1] == b"[":
+        yield from _read_json_document(data, "<stdin>")
+    else:
+        yield from _read_jsonl_lines(io.BytesIO(data), "<stdin>")
+
+
+def parse_json_line(text: bytes, file: str, index: int, line: int | None) -> SourceRow:
+    """One JSON object (a JSONL line); a bad one becomes a row with ``error`` set."""
+    try:
+        value = orjson.loads(text)
+    except orjson.JSONDecodeError as exc:
+        raw = text.decode("utf-8", errors="replace")
+        return SourceRow(None, file, index, line, error=f"malformed JSON: {exc}", raw=raw)
+    if not isinstance(value, dict):
+        raw = text.decode("utf-8", errors="replace")
+        return SourceRow(None, file, index, line, error=f"expected a JSON object, got {type(value).__name__}", raw=raw)
+    return SourceRow(value, file, index, line)
+
+
+def _read_jsonl_lines(f: IO[bytes], file: str) -> Iterator[SourceRow]:
+    for line_no, text in enumerate(f, start=1):
+        if text.strip():  # blank lines hold no record
+            yield parse_json_line(text, file, line_no - 1, line_no)
+
+
+def _read_json_document(data: bytes, file: str) -> Iterator[SourceRow]:
+    """A JSON array of objects, or a single object. JSONL saved as .json is accepted too."""
+    try:
+        value = orjson.loads(data)
+    except orjson.JSONDecodeError as exc:
+        # Many datasets are JSONL with a .json name: if every line parses, read it so.
+        if data.lstrip()[:1] == b"{" and b"\n" in data.strip():
+            rows = list(_read_jsonl_lines(io.BytesIO(data), file))
+            if not any(r.error for r in rows):
+                yield from rows
+                return
+        raise InputError(f"{file}: not valid JSON ({exc}); a JSON array cannot be read record by record") from None
+    if isinstance(value, dict):
+        value = [value]
+    if not isinstance(value, list):
+        raise InputError(f"{file}: expected a JSON array of objects, got {type(value).__name__}")
+    for index, item in enumerate(value):
+        if isinstance(item, dict):
+            yield SourceRow(item, file, index)
+        else:
+            error = f"expected a JSON object, got {type(item).__name__}"
+            yield SourceRow(None, file, index, error=error, raw=orjson.dumps(item).decode())
+
+
+def _read_parquet(file: str) -> Iterator[SourceRow]:
+    import pyarrow.parquet as pq
+
+    index = 0
+    for batch in pq.ParquetFile(file).iter_batches(batch_size=BATCH_SIZE):
+        for item in batch.to_pylist():
+            yield SourceRow(item, file, index)
+            index += 1
+
+
+def _read_arrow(file: str) -> Iterator[SourceRow]:
+    """Arrow IPC, stream or file layout (Hugging Face `datasets` caches use the stream one)."""
+    import pyarrow as pa
+
+    with pa.memory_map(file) as source:
+        try:
+            reader = pa.ipc.open_stream(source)
+        except pa.ArrowInvalid:
+            source.seek(0)
+            reader = pa.ipc.open_file(source)
+            batches = (reader.get_batch(i) for i in range(reader.num_record_batches))
+        else:
+            batches = iter(reader)
+        index = 0
+        for batch in batches:
+            for item in batch.to_pylist():
+                yield SourceRow(item, file, index)
+                index += 1
+
+
+def _read_csv(file: str, gz: bool) -> Iterator[SourceRow]:
+    """CSV cells are strings ("" for an empty or null cell); nested fields are JSON text,
+    which each format parses. Readers treat an empty optional field as absent."""
+    csv.field_size_limit(sys.maxsize)
+    opener = gzip.open(file, "rt", encoding="utf-8", newline="") if gz else open(file, encoding="utf-8", newline="")
+    with opener as f:
+        reader = csv.DictReader(f)
+        index = 0
+        for item in reader:
+            line = reader.line_num  # last line of this row (cells may span lines)
+            if None in item:
+                yield SourceRow(None, file, index, line, error="more cells than header columns", raw=str(item))
+            else:
+                yield SourceRow(item, file, index, line)
+            index += 1
+
+
+# --- writing --------------------------------------------------------------------------
+
+
+class AtomicFile:
+    """A file written under a temporary name and renamed into place on commit."""
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{self.path.name}.", suffix=".tmp", dir=self.path.parent)
+        os.close(fd)
+        self.tmp_path = Path(tmp)
+
+    def commit(self) -> None:
+        with open(self.tmp_path, "rb") as f:
+            os.fsync(f.fileno())
+        os.replace(self.tmp_path, self.path)
+
+    def abort(self) -> None:
+        self.tmp_path.unlink(missing_ok=True)
+
+
+def _table_value(value: Any) -> Any:
+    """Lists and dicts in a String column are stored as JSON text."""
+    if isinstance(value, (list, dict)):
+        return orjson.dumps(value).decode()
+    return value
+
+
+def conform(row: dict[str, Any], schema: pl.Schema) -> dict[str, Any]:
+    """A row shaped for a fixed table schema: schema keys only, free-form JSON as text."""
+    out = {}
+    for key, dtype in schema.items():
+        value = row.get(key)
+        out[key] = _table_value(value) if dtype == pl.String else value
+    return out
+
+
+class RowWriter:
+    """Writes dict rows to .jsonl/.json/.parquet/.csv (optionally .gz) or ``-`` (stdout), atomically.
+
+    ``schema`` fixes the columns of Parquet and CSV outputs (JSON outputs write rows as given).
+    Use as a context manager: the file appears under its name only if the block succeeds.
+    """
+
+    def __init__(self, path: str | Path, schema: pl.Schema, kind: str | None = None):
+        self.name = str(path)
+        self.schema = schema
+        self.count = 0
+        self._buffer: list[dict[str, Any]] = []
+        self._atomic: AtomicFile | None = None
+        self._parquet = None
+        if self.name == "-":
+            self.kind, gz = (kind or "jsonl"), False
+            self._stream: IO[bytes] = sys.stdout.buffer
+        else:
+            self.kind, gz = file_kind(self.name) if kind is None else (kind, False)
+            if self.kind == "arrow":
+                raise InputError(f"{self.name}: writing Arrow is not supported; use .parquet")
+            self._atomic = AtomicFile(self.name)
+            if self.kind == "parquet":
+                self._stream = open(self._atomic.tmp_path, "wb")
+            else:
+                raw = open(self._atomic.tmp_path, "wb")
+                self._stream = gzip.GzipFile(fileobj=raw, mode="wb", mtime=0, compresslevel=6) if gz else raw
+                self._raw = raw
+        if self.kind == "json":
+            self._stream.write(b"[")
+        elif self.kind == "csv":
+            self._text = io.TextIOWrapper(self._stream, encoding="utf-8", newline="", write_through=True)
+            self._csv = csv.DictWriter(self._text, fieldnames=list(schema.keys()))
+            self._csv.writeheader()
+
+    def write(self, row: dict[str, Any]) -> None:
+        if self.kind == "jsonl":
+            self._stream.write(orjson.dumps(row, option=orjson.OPT_APPEND_NEWLINE))
+        elif self.kind == "json":
+            self._stream.write(b"\n  " if self.count == 0 else b",\n  ")
+            self._stream.write(orjson.dumps(row))
+        elif self.kind == "csv":
+            self._csv.writerow({k: _table_value(row.get(k)) for k in self.schema})
+        elif self.kind == "parquet":
+            self._buffer.append(conform(row, self.schema))
+            if len(self._buffer) >= BATCH_SIZE:
+                self._flush_parquet()
+        self.count += 1
+
+    @property
+    def is_json(self) -> bool:
+        return self.kind in ("jsonl", "json")
+
+    @property
+    def directory(self) -> str | None:
+        return str(self._atomic.path.parent) if self._atomic else None
+
+    def append_encoded(self, part: str | Path, count: int) -> None:
+        """Append a file of ``count`` rows already encoded as JSON lines (no final newline)."""
+        if self.kind == "json":
+            self._stream.write(b"\n  " if self.count == 0 else b",\n  ")
+            with open(part, "rb") as f:
+                self._stream.write(f.read().replace(b"\n", b",\n  "))  # orjson never emits a raw newline
+        else:
+            self._stream.flush()
+            with open(part, "rb") as f:
+                if self._stream is getattr(self, "_raw", None):
+                    os.sendfile(self._stream.fileno(), f.fileno(), None, os.path.getsize(part))
+                else:
+                    shutil.copyfileobj(f, self._stream)
+            self._stream.write(b"\n")
+        self.count += count
+
+    def _flush_parquet(self) -> None:
+        import pyarrow.parquet as pq
+
+        table = pl.DataFrame(self._buffer, schema=self.schema).to_arrow()
+        if self._parquet is None:
+            self._parquet = pq.ParquetWriter(self._stream, table.schema, compression="zstd")
+        self._parquet.write_table(table)
+        self._buffer = []
+
+    def close(self) -> None:
+        """Finish the file and move it into place."""
+        if self.kind == "json":
+            self._stream.write(b"\n]\n" if self.count else b"]\n")
+        elif self.kind == "csv":
+            self._text.detach()
+        elif self.kind == "parquet":
+            if self._buffer or self._parquet is None:
+                self._flush_parquet()
+            self._parquet.close()
+        if self._atomic is None:
+            self._stream.flush()
+            return
+        self._stream.close()
+        if getattr(self, "_raw", None) is not None and self._raw is not self._stream:
+            self._raw.close()
+        self._atomic.commit()
+
+    def abort(self) -> None:
+        """Drop the temporary file; the output path is left as it was."""
+        if self._atomic is None:
+            return
+        try:
+            self._stream.close()
+        finally:
+            self._atomic.abort()
+
+    def __enter__(self) -> RowWriter:
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if exc_type is None:
+            self.close()
+        else:
+            self.abort()
