@@ -115,6 +115,7 @@ def _read_stdin() -> Iterator[SourceRow]:
 
 def parse_json_line(text: bytes, file: str, index: int, line: int | None) -> SourceRow:
     """One JSON object (a JSONL line); a bad one becomes a row with ``error`` set."""
+    text = text.rstrip(b"\r\n")  # the same bytes (and error positions) however the line was split
     try:
         value = orjson.loads(text)
     except orjson.JSONDecodeError as exc:

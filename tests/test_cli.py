@@ -1,0 +1,101 @@
+"""The datakit command as a user runs it: a real subprocess, real files, stdin and stdout."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+from conftest import ROOT, fixture_path
+
+SAMPLE = ROOT / "datakit" / "data" / "alpaca_sample.json"
+
+
+def datakit(*args: str, stdin: bytes | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "datakit.cli", *map(str, args)], input=stdin, capture_output=True, timeout=120
+    )
+
+
+def test_convert_prints_the_summary_and_detection(tmp: Path) -> None:
+    out = tmp / "sample.sharegpt.jsonl"
+    result = datakit("convert", SAMPLE, out, "--to", "sharegpt")
+    assert result.returncode == 0, result.stderr
+    err = result.stderr.decode()
+    assert "detected alpaca" in err
+    assert "rows: read 200 = converted 200 + rejected 0 + skipped 0" in err
+    rows = [json.loads(line) for line in out.read_text().splitlines()]
+    source = json.loads(SAMPLE.read_text())
+    assert len(rows) == 200
+    assert rows[0]["conversations"][1] == {"from": "gpt", "value": source[0]["output"]}
+
+
+def test_bad_input_exits_non_zero_with_file_line_and_reason(tmp: Path) -> None:
+    bad = tmp / "bad.jsonl"
+    bad.write_text('{"instruction": "a", "output": "b"}\n{"instruction": "c"}\n')
+    result = datakit("convert", bad, tmp / "out.jsonl", "--to", "sharegpt")
+    assert result.returncode != 0
+    assert "bad.jsonl:2: missing required field 'output'" in result.stderr.decode()
+    assert not (tmp / "out.jsonl").exists()
+
+
+def test_stdin_to_stdout() -> None:
+    data = fixture_path("openai-messages/stock_toolcall_training.jsonl").read_bytes()
+    result = datakit("convert", "-", "-", "--to", "sharegpt", "--quiet", stdin=data)
+    assert result.returncode == 0, result.stderr
+    rows = [json.loads(line) for line in result.stdout.decode().splitlines()]
+    assert len(rows) == 86
+    assert rows[0]["conversations"][-1]["from"] == "function_call"
+    assert json.loads(rows[0]["conversations"][-1]["value"]) == {
+        "name": "get_last_nday_stock_price",
+        "arguments": {"symbol": "BAC", "period": "1mo"},
+    }
+
+
+def test_inspect_json_reports_roles_empty_turns_and_duplicates(tmp: Path) -> None:
+    result = datakit("inspect", fixture_path("axolotl/conversation.missingturns.json"), "--json")
+    report = json.loads(result.stdout)
+    assert report["format"] == "sharegpt"
+    assert report["empty_turns"] == {"assistant": 1}
+    doubled = tmp / "doubled.jsonl"
+    seeds = fixture_path("stanford-alpaca/seed_tasks.jsonl").read_text()
+    instances = sum(len(json.loads(line)["instances"]) for line in seeds.splitlines())
+    doubled.write_text(seeds * 2)
+    report = json.loads(datakit("inspect", doubled, "--json").stdout)
+    assert report["records"] == 2 * instances
+    assert report["exact_duplicates"] == instances
+
+
+def test_dataset_info_entry_lets_llama_factory_find_the_file(tmp: Path) -> None:
+    info = tmp / "data" / "dataset_info.json"
+    info.parent.mkdir()
+    info.write_text(json.dumps({"existing": {"file_name": "x.json"}}))
+    out = tmp / "data" / "tools.sharegpt.json"
+    glaive = fixture_path("llama-factory/glaive_toolcall_en_demo.json")
+    result = datakit("convert", glaive, out, "--to", "sharegpt", "--dataset-info", info, "--dataset-name", "glaive")
+    assert result.returncode == 0, result.stderr
+    entries = json.loads(info.read_text())
+    assert entries["existing"] == {"file_name": "x.json"}
+    assert entries["glaive"] == {
+        "file_name": "tools.sharegpt.json",
+        "formatting": "sharegpt",
+        "columns": {"messages": "conversations", "system": "system", "tools": "tools"},
+    }
+    # the same entry LLaMA-Factory ships for this file, apart from the columns it does not use
+    shipped = json.loads(fixture_path("llama-factory/dataset_info.json").read_text())["glaive_toolcall_en_demo"]
+    assert shipped["columns"].items() <= entries["glaive"]["columns"].items()
+    assert json.loads(out.read_text())[0]["conversations"] == json.loads(glaive.read_text())[0]["conversations"]
+
+
+def test_to_canonical_parquet_has_the_fixed_schema(tmp: Path) -> None:
+    import polars as pl
+
+    from datakit import CANONICAL_SCHEMA
+
+    out = tmp / "canonical.parquet"
+    result = datakit("convert", fixture_path("llama-factory/glaive_toolcall_en_demo.json"), out, "--to", "canonical")
+    assert result.returncode == 0, result.stderr
+    frame = pl.read_parquet(out)
+    assert frame.schema == CANONICAL_SCHEMA
+    assert frame.height == 300
