@@ -3,11 +3,12 @@
 LLaMA-Factory loads a file with ``datasets.load_dataset("json")`` and maps a Python
 function over it (``AlpacaDatasetConverter``: history pairs, then instruction and input
 joined with "\\n"); here its output is written with ``Dataset.to_json``. datakit runs
-``datakit convert --to sharegpt``. Each side runs in its own process so that peak memory
-(max RSS) is its own. Input: at least 500k records built from the Alpaca fixtures in
-../shared/fixtures (each instruction made unique by a counter).
+``datakit convert --to sharegpt``. Each side runs in its own process; peak memory is the
+resident memory of that process and its workers together, sampled every 50 ms. Input: at
+least 500k records built from the Alpaca fixtures in ../shared/fixtures (each instruction
+made unique by a counter).
 
-    python benchmarks/convert_bench.py [--records 500000] [--workdir /tmp/datakit-bench]
+    python benchmarks/convert_bench.py [--records 500000] [--workdir /tmp/datakit-bench] [--big-gb 1]
 
 Targets (issue 2): datakit at least 5x the records/s, peak memory under twice the input size.
 """
@@ -17,9 +18,9 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 FIXTURES = Path(__file__).resolve().parents[2] / "shared" / "fixtures" / "formats"
@@ -76,20 +77,39 @@ print(time.perf_counter() - start)
 """
 
 
+def tree_rss_mb(pid: int) -> float:
+    """Resident memory of a process and all its descendants (Linux /proc), in MB."""
+    total, todo = 0, [pid]
+    while todo:
+        p = todo.pop()
+        try:
+            with open(f"/proc/{p}/status") as f:
+                total += next(int(line.split()[1]) for line in f if line.startswith("VmRSS:"))
+            with open(f"/proc/{p}/task/{p}/children") as f:
+                todo += [int(c) for c in f.read().split()]
+        except (FileNotFoundError, ProcessLookupError, StopIteration):
+            continue
+    return total / 1024
+
+
 def run_side(code: str, *args: str) -> tuple[float, float]:
-    """(seconds, peak RSS in MB) of a fresh Python process running ``code``."""
-    before = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
-    out = subprocess.run([sys.executable, "-c", code, *args], check=True, capture_output=True, text=True)
-    peak_kb = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
-    if peak_kb < before:  # ru_maxrss of children is the max over all; keep the side order stable
-        peak_kb = before
-    return float(out.stdout.strip().splitlines()[-1]), peak_kb / 1024
+    """(seconds, peak resident MB summed over the process tree) of a fresh Python running ``code``."""
+    proc = subprocess.Popen([sys.executable, "-c", code, *args], stdout=subprocess.PIPE, text=True)
+    peak = 0.0
+    while proc.poll() is None:
+        peak = max(peak, tree_rss_mb(proc.pid))
+        time.sleep(0.05)
+    out = proc.stdout.read()
+    if proc.returncode:
+        raise SystemExit(f"benchmark side failed with exit code {proc.returncode}")
+    return float(out.strip().splitlines()[-1]), peak
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--records", type=int, default=500_000)
     parser.add_argument("--workdir", default="/tmp/datakit-bench")
+    parser.add_argument("--big-gb", type=float, default=0, help="also stream a JSONL of this many GB (memory check)")
     args = parser.parse_args()
     work = Path(args.workdir)
     work.mkdir(parents=True, exist_ok=True)
@@ -99,7 +119,6 @@ def main() -> None:
     size_mb = src.stat().st_size / 2**20
     print(f"input: {src} ({args.records:,} records, {size_mb:.0f} MB)")
 
-    # datakit first: the children's max RSS only grows, so the smaller side must go first
     dk_s, dk_mb = run_side(DATAKIT_SIDE, str(src), str(work / "datakit_out.jsonl"))
     lf_s, lf_mb = run_side(
         LLAMA_FACTORY_SIDE, str(src), str(work / "lf_out.jsonl"), str(work / f"hf_cache_{os.getpid()}")
@@ -110,6 +129,13 @@ def main() -> None:
     print(f"{'datakit convert':<34}{dk_s:>9.1f}{dk_rate:>12,.0f}{dk_mb:>10,.0f}")
     print(f"speed ratio datakit / LLaMA-Factory: {dk_rate / lf_rate:.1f}x (target >= 5x)")
     print(f"datakit peak memory / input size: {dk_mb / size_mb:.2f} (target < 2)")
+    if args.big_gb:
+        big = work / f"alpaca_{args.big_gb:g}gb.jsonl"
+        if not big.exists():
+            build_input(big, int(args.records * args.big_gb * 1024 / size_mb))
+        big_mb = big.stat().st_size / 2**20
+        big_s, big_peak = run_side(DATAKIT_SIDE, str(big), str(work / "datakit_big_out.jsonl"))
+        print(f"streaming: {big_mb:,.0f} MB JSONL in {big_s:.1f}s, datakit peak memory {big_peak:,.0f} MB")
 
 
 if __name__ == "__main__":
