@@ -148,6 +148,7 @@ class _Chunk:
     error: str | None = None  # the first bad row, when on_error == "fail"
     last_row: tuple[str, int] | None = None  # a row's records arrive together; count the row once
     part: str | None = None  # a file of encoded JSON rows written by a worker process
+    fraction_done: float | None = None  # share of the input read so far, where known
 
 
 def _convert_outcomes(
@@ -238,6 +239,8 @@ def _convert_lines(job: tuple) -> _Chunk:
         chunk.rows = []
     chunk.notes.update(read_options.notes)
     chunk.notes.update(write_options.notes)
+    if isinstance(block, tuple):
+        chunk.fraction_done = block[1] / os.path.getsize(file)
     return chunk
 
 
@@ -335,7 +338,7 @@ def convert_file(
             summary.notes.update(chunk.notes)
             if chunk.error:
                 raise ConversionError(chunk.error)
-            meter.update(summary.rows_read)
+            meter.update(summary.rows_read, chunk.fraction_done)
         writer.close()
         if reject_writer:
             reject_writer.close()
@@ -373,21 +376,24 @@ convert = convert_file  # the short name the package exports
 
 
 class _Progress:
-    """Rows and rows/s on stderr, at most every two seconds (only when asked for)."""
+    """Rows, rows/s and (when the share done is known) an ETA on stderr, every two seconds at most."""
 
     def __init__(self, enabled: bool):
         self.enabled = enabled
         self.start = self.last = time.perf_counter()
         self.shown = False
 
-    def update(self, rows: int) -> None:
+    def update(self, rows: int, fraction: float | None = None) -> None:
         if not self.enabled:
             return
         now = time.perf_counter()
         if now - self.last >= 2.0:
             self.last = now
-            rate = rows / (now - self.start)
-            print(f"\r{rows:,} rows  {rate:,.0f} rows/s", end="", file=_stderr(), flush=True)
+            elapsed = now - self.start
+            line = f"\r{rows:,} rows  {rows / elapsed:,.0f} rows/s"
+            if fraction:
+                line += f"  {fraction:.0%}  ETA {elapsed * (1 - fraction) / fraction:,.0f}s"
+            print(line, end="", file=_stderr(), flush=True)
             self.shown = True
 
     def done(self) -> None:

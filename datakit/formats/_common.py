@@ -10,7 +10,7 @@ from typing import Any
 import orjson
 
 from datakit.io import SourceRow
-from datakit.record import RecordError, validate
+from datakit.record import RecordError, new_record, validate
 
 
 @dataclass
@@ -127,6 +127,27 @@ def parse_tools(value: Any) -> list | None:
     """Tool schemas: a list, or JSON text of a list (ShareGPT stores it so); empty means none."""
     tools = nested(value, "tools", list)
     return tools or None
+
+
+def finish_record(
+    row: dict[str, Any],
+    messages: list[dict[str, Any]],
+    *,
+    system: str | None,
+    meta: dict[str, Any],
+    known_fields: set[str],
+) -> dict[str, Any]:
+    """The record of a chat row: its tools and id, and its unknown fields kept in ``meta["extra"]``."""
+    if row.keys() - known_fields:
+        meta["extra"] = {k: v for k, v in row.items() if k not in known_fields}
+    source_id = row.get("id")
+    return new_record(
+        messages,
+        system=system,
+        tools=parse_tools(row.get("tools")),
+        meta=meta,
+        id=None if source_id is None else str(source_id),
+    )
 
 
 def drop_none(row: dict[str, Any]) -> dict[str, Any]:

@@ -111,10 +111,7 @@ def _read_seed_task(row: dict[str, Any], separator: str) -> list[dict[str, Any]]
 
 
 def write(record: dict[str, Any], options: WriteOptions) -> dict[str, Any]:
-    if lossy.has_tools(record):
-        if not options.lossy:
-            raise RecordError("Alpaca cannot hold tool calls, tool results or tool schemas (--lossy inlines them)")
-        record = lossy.inline_tools(record, options.notes)
+    record = lossy.require_no_tools(record, options.lossy, "Alpaca", options.notes)
     if options.lossy:
         record = lossy.fold_system_turns(record, options.notes)
         record = lossy.trim_trailing_turns(record, options.notes)

@@ -36,6 +36,28 @@ def has_tools(record: dict[str, Any]) -> bool:
     return bool(record.get("tools")) or any(m["role"] == "tool" or m.get("tool_calls") for m in record["messages"])
 
 
+def require_no_tools(record: dict[str, Any], lossy: bool, target: str, notes: Counter) -> dict[str, Any]:
+    """For formats without tools: reject a record that uses them, or inline them (rule 1)."""
+    if not has_tools(record):
+        return record
+    if not lossy:
+        raise RecordError(f"{target} cannot hold tool calls, tool results or tool schemas (--lossy inlines them)")
+    return inline_tools(record, notes)
+
+
+def require_no_system_prompt(record: dict[str, Any], lossy: bool, target: str, notes: Counter) -> dict[str, Any]:
+    """For formats without a system prompt: reject, or fold it into the first user turn (rule 3)."""
+    if record.get("system") is None:
+        return record
+    if not lossy:
+        raise RecordError(f"{target} has no system prompt (--lossy folds it into the first user turn)")
+    first = record["messages"][0]
+    folded = {**first, "content": f"{record['system']}\n\n{first['content']}"}
+    record = {**record, "system": None, "messages": [folded, *record["messages"][1:]], "meta": dict(record["meta"])}
+    _mark(record, "system_folded", notes)
+    return record
+
+
 def inline_tools(record: dict[str, Any], notes: Counter) -> dict[str, Any]:
     """Rule 1: tool calls and results as plain text turns."""
     out: list[dict[str, Any]] = []

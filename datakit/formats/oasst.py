@@ -280,21 +280,8 @@ def _read_flat_tree(tree_id: str, tree_rows: list[SourceRow], options: ReadOptio
 
 
 def write(record: dict[str, Any], options: WriteOptions) -> dict[str, Any]:
-    if lossy.has_tools(record):
-        if not options.lossy:
-            raise RecordError("OpenAssistant trees cannot hold tool calls or results (--lossy inlines them)")
-        record = lossy.inline_tools(record, options.notes)
-    if record.get("system") is not None:
-        if not options.lossy:
-            raise RecordError("OpenAssistant trees have no system prompt (--lossy folds it into the first turn)")
-        first = record["messages"][0]
-        record = {
-            **record,
-            "system": None,
-            "messages": [{**first, "content": f"{record['system']}\n\n{first['content']}"}, *record["messages"][1:]],
-            "meta": {**record["meta"], "lossy": [*record["meta"].get("lossy", []), "system_folded"]},
-        }
-        options.notes["lossy rule applied: system_folded"] += 1
+    record = lossy.require_no_tools(record, options.lossy, "OpenAssistant", options.notes)
+    record = lossy.require_no_system_prompt(record, options.lossy, "OpenAssistant", options.notes)
     if options.lossy:
         record = lossy.fold_system_turns(record, options.notes)
         record = lossy.trim_trailing_turns(record, options.notes)

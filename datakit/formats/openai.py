@@ -21,12 +21,12 @@ from datakit.formats._common import (
     ReadOptions,
     WriteOptions,
     drop_none,
+    finish_record,
     nested,
-    parse_tools,
     read_each,
 )
 from datakit.io import SourceRow
-from datakit.record import RecordError, message, new_record, tool_call
+from datakit.record import RecordError, message, tool_call
 
 NAME = "openai"
 ROW_LOCAL = True  # each row converts on its own (so rows can be split across workers)
@@ -96,19 +96,7 @@ def read_row(row: dict[str, Any]) -> list[dict[str, Any]]:
     meta: dict[str, Any] = {}
     if weights:
         meta["weights"] = weights
-    extra = {k: v for k, v in row.items() if k not in KNOWN_FIELDS}
-    if extra:
-        meta["extra"] = extra
-    source_id = row.get("id")
-    return [
-        new_record(
-            messages,
-            system=system,
-            tools=parse_tools(row.get("tools")),
-            meta=meta,
-            id=None if source_id is None else str(source_id),
-        )
-    ]
+    return [finish_record(row, messages, system=system, meta=meta, known_fields=KNOWN_FIELDS)]
 
 
 def _text(content: Any, i: int) -> str | None:

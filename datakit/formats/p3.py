@@ -87,18 +87,8 @@ def _strip(text: str) -> tuple[str, str, str]:
 
 
 def write(record: dict[str, Any], options: WriteOptions) -> dict[str, Any]:
-    if lossy.has_tools(record):
-        if not options.lossy:
-            raise RecordError("P3 cannot hold tool calls, tool results or tool schemas (--lossy inlines them)")
-        record = lossy.inline_tools(record, options.notes)
-    if record.get("system") is not None:
-        if not options.lossy:
-            raise RecordError("P3 has no system prompt (--lossy folds it into the input)")
-        first = record["messages"][0]
-        folded = {**first, "content": f"{record['system']}\n\n{first['content']}"}
-        record = {**record, "system": None, "messages": [folded, *record["messages"][1:]]}
-        record["meta"] = {**record["meta"], "lossy": [*record["meta"].get("lossy", []), "system_folded"]}
-        options.notes["lossy rule applied: system_folded"] += 1
+    record = lossy.require_no_tools(record, options.lossy, "P3", options.notes)
+    record = lossy.require_no_system_prompt(record, options.lossy, "P3", options.notes)
     if options.lossy:
         record = lossy.fold_system_turns(record, options.notes)
         record = lossy.trim_trailing_turns(record, options.notes)

@@ -24,12 +24,12 @@ from datakit.formats._common import (
     WriteOptions,
     drop_none,
     field_text,
+    finish_record,
     nested,
-    parse_tools,
     read_each,
 )
 from datakit.io import SourceRow
-from datakit.record import RecordError, check_alternation, message, new_record, tool_call
+from datakit.record import RecordError, check_alternation, message, tool_call
 
 NAME = "sharegpt"
 ROW_LOCAL = True  # each row converts on its own (so rows can be split across workers)
@@ -110,19 +110,7 @@ def read_row(row: dict[str, Any]) -> list[dict[str, Any]]:
         messages.append(message("assistant", content))
         rejected = row.get("rejected")
         meta["rejected"] = rejected.get(content_key) if isinstance(rejected, dict) else rejected
-    extra = {k: v for k, v in row.items() if k not in KNOWN_FIELDS}
-    if extra:
-        meta["extra"] = extra
-    source_id = row.get("id")
-    return [
-        new_record(
-            messages,
-            system=system,
-            tools=parse_tools(row.get("tools")),
-            meta=meta,
-            id=None if source_id is None else str(source_id),
-        )
-    ]
+    return [finish_record(row, messages, system=system, meta=meta, known_fields=KNOWN_FIELDS)]
 
 
 def _parse_calls(value: str | None, i: int) -> list[dict[str, Any]]:
