@@ -18,10 +18,9 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import subprocess
-import sys
-import time
 from pathlib import Path
+
+from _measure import run_side
 
 FIXTURES = Path(__file__).resolve().parents[2] / "shared" / "fixtures" / "formats"
 SOURCES = ["llama-factory/alpaca_en_demo.json", "llama-factory/alpaca_zh_demo.json", "llama-factory/identity.json"]
@@ -75,34 +74,6 @@ summary = convert(sys.argv[1], sys.argv[2], to="sharegpt", from_format="alpaca")
 assert summary.written == summary.rows_read, summary.text()
 print(time.perf_counter() - start)
 """
-
-
-def tree_rss_mb(pid: int) -> float:
-    """Resident memory of a process and all its descendants (Linux /proc), in MB."""
-    total, todo = 0, [pid]
-    while todo:
-        p = todo.pop()
-        try:
-            with open(f"/proc/{p}/status") as f:
-                total += next(int(line.split()[1]) for line in f if line.startswith("VmRSS:"))
-            with open(f"/proc/{p}/task/{p}/children") as f:
-                todo += [int(c) for c in f.read().split()]
-        except (FileNotFoundError, ProcessLookupError, StopIteration):
-            continue
-    return total / 1024
-
-
-def run_side(code: str, *args: str) -> tuple[float, float]:
-    """(seconds, peak resident MB summed over the process tree) of a fresh Python running ``code``."""
-    proc = subprocess.Popen([sys.executable, "-c", code, *args], stdout=subprocess.PIPE, text=True)
-    peak = 0.0
-    while proc.poll() is None:
-        peak = max(peak, tree_rss_mb(proc.pid))
-        time.sleep(0.05)
-    out = proc.stdout.read()
-    if proc.returncode:
-        raise SystemExit(f"benchmark side failed with exit code {proc.returncode}")
-    return float(out.strip().splitlines()[-1]), peak
 
 
 def main() -> None:

@@ -8,6 +8,9 @@ import click
 import orjson
 
 from datakit.convert import ConversionError, convert_file, write_dataset_info
+from datakit.dedupe import DEFAULT_COSINE, DEFAULT_JACCARD, METHODS, DedupeError
+from datakit.dedupe import Settings as DedupeSettings
+from datakit.dedupe import dedupe as run_dedupe
 from datakit.formats import FORMATS, FormatError, ReadOptions
 from datakit.inspect import inspect as inspect_api
 from datakit.inspect import render
@@ -108,6 +111,43 @@ def inspect(input, from_format, as_json, **read_flags) -> None:
         click.echo(orjson.dumps(report, option=orjson.OPT_INDENT_2).decode())
     else:
         click.echo(render(report))
+
+
+@main.command()
+@click.argument("input", type=click.Path())
+@click.argument("output", type=click.Path())
+@click.option("--method", type=click.Choice(list(METHODS)), default="minhash", show_default=True,
+              help="exact; minhash or semantic (each after exact); all three.")  # fmt: skip
+@click.option("--on", type=click.Choice(["prompt", "response", "all"]), default="all", show_default=True,
+              help="Which turns make the text compared.")  # fmt: skip
+@click.option("--threshold", type=float, default=None,
+              help=f"Jaccard for minhash (default {DEFAULT_JACCARD}); cosine for --method semantic "
+                   f"(default {DEFAULT_COSINE}).")  # fmt: skip
+@click.option(
+    "--cosine", type=float, default=DEFAULT_COSINE, show_default=True, help="Semantic threshold with --method all."
+)
+@click.option(
+    "--keep", default="first", show_default=True, help="Which record of a cluster stays: first, longest, score:KEY."
+)
+@click.option("--clusters", type=click.Path(), default=None, help="Review file (default OUTPUT.clusters.jsonl).")
+@click.option("--to", "to", type=FORMAT_CHOICE, default=None, help="Output format (default: the input's).")
+@click.option("--from", "from_format", type=FORMAT_CHOICE, default=None, help="Input format (detected if left out).")
+@click.option("--ngram", type=int, default=5, show_default=True, help="MinHash shingle size in words.")
+@click.option("--num-perm", type=int, default=128, show_default=True, help="MinHash permutations.")
+@click.option("--backend", type=click.Choice(["numpy", "datasketch"]), default="numpy", show_default=True,
+              help="MinHash signatures: datakit's vectorised kernel, or datasketch (the reference).")  # fmt: skip
+@click.option("--model", default=None, help="Embedding model name or path (default: embedded all-MiniLM-L6-v2).")
+@click.option("--quiet", is_flag=True)
+def dedupe(input, output, method, on, threshold, cosine, keep, clusters, to, from_format, ngram, num_perm, backend,
+           model, quiet) -> None:  # fmt: skip
+    """Remove exact and near duplicates from INPUT, writing OUTPUT and a clusters file to review."""
+    try:
+        settings = DedupeSettings(method, on, threshold, cosine, keep, ngram, num_perm, backend, model)
+        summary = run_dedupe(input, output, settings=settings, clusters=clusters, to=to, from_format=from_format)
+    except (DedupeError, FormatError, InputError, ValueError) as exc:
+        raise click.ClickException(str(exc)) from None
+    if not quiet:
+        click.echo(summary.text(), err=True)
 
 
 if __name__ == "__main__":

@@ -1,0 +1,270 @@
+"""MinHash near-duplicate detection, in stages that can each run per partition.
+
+    texts --shingle_hashes--> (hashes, offsets)        per shard
+          --signatures------> uint32[n, num_perm]      per shard
+          --band_keys-------> uint64[n, bands]         per shard
+          --candidate_pairs-> (i, j)                   a shuffle by (band, key), then per bucket
+          --verify----------> (i, j, estimated J)      per pair
+          --> union-find (datakit.dedupe.components)
+
+Shingles are word n-grams of the normalised text (NFKC, lower case, words of letters and
+digits; digits are kept, so "17+25" and "38+4" stay apart). A text shorter than n words
+is one shingle. Each shingle is a 32-bit hash built from 64-bit word hashes.
+
+Signatures use datasketch 2.0's default permutation scheme ("affine32": the MurmurHash3
+finalizer, then h -> a*h + b mod 2^32 with datasketch's seeded a and b), so the vectorised
+backend here and the datasketch backend give bit-identical signatures for the same shingles;
+only the speed differs. The numba kernel runs the documents in parallel across cores.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numba
+import numpy as np
+
+from datakit.text import Texts
+
+FMIX32 = (16, 0x85EBCA6B, 13, 0xC2B2AE35, 16)  # MurmurHash3's 32-bit finalizer (datasketch's _fmix)
+EMPTY = np.uint32(0xFFFFFFFF)  # the signature value of a text with no shingles
+
+
+@dataclass(frozen=True)
+class LshParams:
+    """Bands x rows for a Jaccard threshold, chosen so that recall at the threshold is >= min_recall."""
+
+    threshold: float
+    num_perm: int
+    bands: int
+    rows: int
+
+    def recall_at(self, jaccard: float) -> float:
+        """Chance that a pair with this Jaccard similarity shares at least one band."""
+        return 1.0 - (1.0 - jaccard**self.rows) ** self.bands
+
+    def describe(self) -> str:
+        return (
+            f"MinHash LSH: {self.bands} bands x {self.rows} rows of {self.num_perm} permutations; "
+            f"a pair at Jaccard {self.threshold:.2f} is a candidate with chance {self.recall_at(self.threshold):.3f}"
+        )
+
+
+def choose_lsh_params(threshold: float, num_perm: int = 128, min_recall: float = 0.9) -> LshParams:
+    """The bands x rows (bands * rows <= num_perm) with recall >= min_recall at the threshold that
+    lets the fewest dissimilar pairs through (least area under the S-curve below the threshold)."""
+    if not 0.0 < threshold < 1.0:
+        raise ValueError(f"the MinHash threshold must be between 0 and 1, got {threshold}")
+    grid = np.linspace(0.0, threshold, 200)
+    best = None
+    for rows in range(1, num_perm + 1):
+        for bands in range(1, num_perm // rows + 1):
+            params = LshParams(threshold, num_perm, bands, rows)
+            if params.recall_at(threshold) < min_recall:
+                continue
+            false_positives = float(np.trapezoid([params.recall_at(s) for s in grid], grid))
+            if best is None or false_positives < best[0]:
+                best = (false_positives, params)
+    if best is None:
+        raise ValueError(f"no bands x rows within {num_perm} permutations reach recall {min_recall} at {threshold}")
+    return best[1]
+
+
+def permutations(num_perm: int = 128, seed: int = 1) -> tuple[np.ndarray, np.ndarray]:
+    """datasketch's affine32 permutation parameters (a odd), from the same seeded generator."""
+    gen = np.random.RandomState(seed)
+    a = gen.randint(0, 1 << 31, num_perm, dtype=np.uint32) * np.uint32(2) + np.uint32(1)
+    b = gen.randint(0, 1 << 32, num_perm, dtype=np.uint32)
+    return a, b
+
+
+# --- shingles -------------------------------------------------------------------------
+
+
+@numba.njit(cache=True)
+def _shingles(words: np.ndarray, offsets: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
+    n_docs = offsets.shape[0] - 1
+    out_offsets = np.zeros(n_docs + 1, dtype=np.int64)
+    for d in range(n_docs):
+        length = offsets[d + 1] - offsets[d]
+        out_offsets[d + 1] = out_offsets[d] + (max(length - n + 1, 1) if length > 0 else 0)
+    out = np.empty(out_offsets[-1], dtype=np.uint32)
+    k = np.uint64(0x9E3779B97F4A7C15)  # odd multiplier: order matters in a shingle
+    for d in range(n_docs):
+        start, end = offsets[d], offsets[d + 1]
+        pos = out_offsets[d]
+        for s in range(start, max(end - n + 1, start + 1) if end > start else start):
+            h = np.uint64(0)
+            for w in range(s, min(s + n, end)):
+                h = h * k + words[w]
+            h ^= h >> np.uint64(29)
+            out[pos] = np.uint32(h >> np.uint64(32)) ^ np.uint32(h & np.uint64(0xFFFFFFFF))
+            pos += 1
+    return out, out_offsets
+
+
+def shingle_hashes(texts: Texts | Sequence[str], n: int = 5) -> tuple[np.ndarray, np.ndarray]:
+    """(uint32 hash of every word n-gram shingle, offsets per text); a text under n words is one shingle."""
+    if not isinstance(texts, Texts):
+        texts = Texts.of(list(texts))
+    words, offsets = texts.words()
+    return _shingles(words, offsets, n)
+
+
+# --- signatures -----------------------------------------------------------------------
+
+
+def fmix32(values: np.ndarray) -> np.ndarray:
+    s1, m1, s2, m2, s3 = FMIX32
+    v = values.astype(np.uint32, copy=True)
+    v ^= v >> np.uint32(s1)
+    v *= np.uint32(m1)
+    v ^= v >> np.uint32(s2)
+    v *= np.uint32(m2)
+    v ^= v >> np.uint32(s3)
+    return v
+
+
+@numba.njit(parallel=True, cache=True)
+def _signatures(mixed: np.ndarray, offsets: np.ndarray, a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    n_docs = offsets.shape[0] - 1
+    num_perm = a.shape[0]
+    out = np.empty((n_docs, num_perm), dtype=np.uint32)
+    for d in numba.prange(n_docs):
+        start, end = offsets[d], offsets[d + 1]
+        for p in range(num_perm):
+            lowest = np.uint32(0xFFFFFFFF)
+            ap, bp = a[p], b[p]
+            for i in range(start, end):
+                v = np.uint32(ap * mixed[i] + bp)  # wraps: arithmetic mod 2^32
+                if v < lowest:
+                    lowest = v
+            out[d, p] = lowest
+    return out
+
+
+def signatures(hashes: np.ndarray, offsets: np.ndarray, num_perm: int = 128, seed: int = 1) -> np.ndarray:
+    """uint32[n_docs, num_perm] MinHash signatures, equal to datasketch's MinHash(scheme='affine32')."""
+    a, b = permutations(num_perm, seed)
+    return _signatures(fmix32(hashes), offsets, a, b)
+
+
+def signatures_datasketch(hashes: np.ndarray, offsets: np.ndarray, num_perm: int = 128, seed: int = 1) -> np.ndarray:
+    """The same signatures through datasketch itself (the reference backend)."""
+    from datasketch import MinHash
+
+    docs = [hashes[offsets[d] : offsets[d + 1]].tolist() for d in range(len(offsets) - 1)]
+    sketches = MinHash.bulk(docs, num_perm=num_perm, seed=seed, hashfunc=_identity, scheme="affine32")
+    return np.stack([m.hashvalues for m in sketches]).astype(np.uint32) if docs else np.zeros((0, num_perm), np.uint32)
+
+
+def _identity(value: int) -> int:
+    return value
+
+
+# --- LSH: band keys, candidate pairs, verification ------------------------------------
+
+
+def band_keys(sigs: np.ndarray, params: LshParams) -> np.ndarray:
+    """uint64[n, bands]: one hash per band of ``rows`` signature values."""
+    used = sigs[:, : params.bands * params.rows].reshape(len(sigs), params.bands, params.rows)
+    weights = np.uint64(0x100000001B3) ** np.arange(params.rows, dtype=np.uint64)
+    keys = (used.astype(np.uint64) * weights).sum(axis=2, dtype=np.uint64)
+    return keys ^ (keys >> np.uint64(31))
+
+
+MAX_BUCKET_PAIRS = 64  # a bucket larger than this is checked as a chain plus a star, not all pairs
+
+
+def candidate_pairs(keys: np.ndarray, eligible: np.ndarray | None = None) -> np.ndarray:
+    """int64[m, 2] distinct pairs (i < j) of documents that share a band bucket.
+
+    A bucket of k <= MAX_BUCKET_PAIRS documents yields all its pairs; a bigger one (many
+    copies of one text) yields each member with the first and with its neighbour, which is
+    enough to connect the copies (every pair is still verified before it counts).
+    """
+    n, bands = keys.shape
+    index = np.arange(n, dtype=np.int64)
+    if eligible is not None:
+        index = index[eligible]
+    pairs = []
+    for band in range(bands):
+        column = keys[index, band]
+        order = np.argsort(column, kind="stable")
+        sorted_keys, members = column[order], index[order]
+        starts = np.flatnonzero(np.r_[True, sorted_keys[1:] != sorted_keys[:-1]])
+        sizes = np.diff(np.r_[starts, len(sorted_keys)])
+        for size in np.unique(sizes[sizes > 1]):
+            group_starts = starts[sizes == size]
+            groups = members[group_starts[:, None] + np.arange(size)]  # [buckets, size]
+            if size <= MAX_BUCKET_PAIRS:
+                left, right = np.triu_indices(size, k=1)
+            else:
+                left = np.r_[np.zeros(size - 1, dtype=np.int64), np.arange(size - 1)]
+                right = np.r_[np.arange(1, size), np.arange(1, size)]
+            pairs.append(np.stack([groups[:, left].ravel(), groups[:, right].ravel()], axis=1))
+    if not pairs:
+        return np.zeros((0, 2), dtype=np.int64)
+    found = np.concatenate(pairs)
+    found.sort(axis=1)
+    keys = np.unique(found[:, 0].astype(np.uint64) * np.uint64(n) + found[:, 1].astype(np.uint64))
+    return np.stack([keys // np.uint64(n), keys % np.uint64(n)], axis=1).astype(np.int64)
+
+
+def estimated_jaccard(sigs: np.ndarray, pairs: np.ndarray, chunk: int = 200_000) -> np.ndarray:
+    """Share of equal signature values for each pair (the MinHash estimate of Jaccard)."""
+    out = np.empty(len(pairs), dtype=np.float32)
+    for start in range(0, len(pairs), chunk):
+        p = pairs[start : start + chunk]
+        out[start : start + chunk] = (sigs[p[:, 0]] == sigs[p[:, 1]]).mean(axis=1)
+    return out
+
+
+def similar_pairs(
+    texts: Sequence[str],
+    threshold: float,
+    *,
+    ngram: int = 5,
+    num_perm: int = 128,
+    backend: str = "numpy",
+    seed: int = 1,
+) -> tuple[np.ndarray, np.ndarray, LshParams]:
+    """(pairs i < j, their estimated Jaccard >= threshold, the LSH parameters used)."""
+    params = choose_lsh_params(threshold, num_perm)
+    hashes, offsets = shingle_hashes(texts, ngram)
+    if backend == "datasketch":
+        return *_similar_pairs_datasketch(hashes, offsets, params, seed), params
+    if backend != "numpy":
+        raise ValueError(f"unknown MinHash backend {backend!r}; use numpy or datasketch")
+    sigs = signatures(hashes, offsets, num_perm, seed)
+    has_shingles = np.diff(offsets) > 0  # empty texts are left to the exact stage
+    pairs = candidate_pairs(band_keys(sigs, params), has_shingles)
+    similarity = estimated_jaccard(sigs, pairs)
+    keep = similarity >= threshold
+    return pairs[keep], similarity[keep], params
+
+
+def _similar_pairs_datasketch(
+    hashes: np.ndarray, offsets: np.ndarray, params: LshParams, seed: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """The reference path: datasketch's MinHash and MinHashLSH index (query, then insert)."""
+    from datasketch import MinHash, MinHashLSH
+
+    lsh = MinHashLSH(num_perm=params.num_perm, params=(params.bands, params.rows))
+    docs = [hashes[offsets[d] : offsets[d + 1]].tolist() for d in range(len(offsets) - 1)]
+    sketches = MinHash.bulk(docs, num_perm=params.num_perm, seed=seed, hashfunc=_identity, scheme="affine32")
+    found = []
+    for i, (doc, sketch) in enumerate(zip(docs, sketches, strict=True)):
+        if not doc:
+            continue
+        for j in lsh.query(sketch):
+            similarity = sketch.jaccard(sketches[j])
+            if similarity >= params.threshold:
+                found.append((j, i, similarity))
+        lsh.insert(i, sketch)
+    if not found:
+        return np.zeros((0, 2), dtype=np.int64), np.zeros(0, dtype=np.float32)
+    found.sort()
+    pairs = np.array([(i, j) for i, j, _ in found], dtype=np.int64)
+    return pairs, np.array([s for _, _, s in found], dtype=np.float32)

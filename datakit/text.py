@@ -1,0 +1,154 @@
+"""The text a dedupe or selection step looks at, and how it is normalised.
+
+``--on`` picks the roles: ``prompt`` (system prompt and user turns), ``response``
+(assistant turns) or ``all``. A multi-turn record is one text: its chosen turns in order.
+Tool calls count as assistant text (their name and arguments).
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Any
+
+import numpy as np
+import polars as pl
+
+ON_CHOICES = ("prompt", "response", "all")
+# One token per CJK character (those scripts put no spaces between words), else runs of
+# letters and digits. Digits are kept: "17+25" and "38+4" must stay different texts.
+TOKEN_SEED, EXACT_SEED = 0x70C3, 0xE8AC7
+WORD_PATTERN = r"[\p{Han}\p{Hiragana}\p{Katakana}\p{Hangul}]|[^\W\p{Han}\p{Hiragana}\p{Katakana}\p{Hangul}]+"
+
+
+def record_text(record: dict[str, Any], on: str = "all") -> str:
+    """The chosen turns of a record joined into one text."""
+    if on not in ON_CHOICES:
+        raise ValueError(f"--on must be one of {', '.join(ON_CHOICES)}, not {on!r}")
+    parts = []
+    if on in ("prompt", "all") and record.get("system"):
+        parts.append(record["system"])
+    for m in record["messages"]:
+        is_response = m["role"] == "assistant"
+        if (on == "prompt" and is_response) or (on == "response" and not is_response):
+            continue
+        if m.get("content"):
+            parts.append(m["content"])
+        for call in m.get("tool_calls") or []:
+            parts.append(f"{call['name']} {call['arguments']}")
+    return "\n".join(parts)
+
+
+class Texts:
+    """The texts a dedupe stage compares, analysed once (in one streaming polars query that
+    uses every core) and shared by the stages:
+
+    - ``exact_key``, ``exact_length``: hash and length of ``lower`` with whitespace collapsed
+      (the exact stage's key);
+    - word hashes (WORD_PATTERN tokens of the NFKC, lower-cased text) for MinHash shingles;
+    - ``values``: numbers and capitalised names, lower-cased, for the value guard.
+
+    Only these are kept (not the normalised strings), to hold a million texts in memory.
+
+    Hashes come from polars: fast and seeded, stable within one polars version, which is
+    all a dedupe run needs (they are compared within the run, never stored).
+    """
+
+    def __init__(self, raw: pl.Series, frame: pl.DataFrame):
+        self.raw = raw  # the texts as given (for embeddings)
+        self.frame = frame
+
+    @classmethod
+    def of(cls, texts: pl.Series | list[str]) -> Texts:
+        series = pl.Series("text", texts, dtype=pl.String).fill_null("")
+        frame = (
+            pl.LazyFrame({"original": series})
+            .with_columns(pl.col("original").str.normalize("NFKC"))
+            .with_columns(lower=pl.col("original").str.to_lowercase())
+            .with_columns(exact=pl.col("lower").str.replace_all(r"\s+", " ").str.strip_chars())
+            .select(
+                exact_key=pl.col("exact").hash(EXACT_SEED),
+                exact_length=pl.col("exact").str.len_bytes(),
+                words=pl.col("lower").str.extract_all(WORD_PATTERN).list.eval(pl.element().hash(TOKEN_SEED)),
+                values=pl.col("original").str.extract_all(VALUE_PATTERN).list.eval(pl.element().str.to_lowercase()),
+            )
+            .collect(engine="streaming")
+        )
+        return cls(series, frame)
+
+    def __len__(self) -> int:
+        return self.frame.height
+
+    def take(self, index: np.ndarray) -> Texts:
+        return Texts(self.raw.gather(index), self.frame[index])
+
+    def words(self) -> tuple[np.ndarray, np.ndarray]:
+        """(uint64 hash of every word, in order; offsets: text d's words are [offsets[d], offsets[d+1]))."""
+        words = self.frame["words"]
+        counts = words.list.len().fill_null(0).to_numpy().astype(np.int64)
+        hashes = words.explode().drop_nulls().to_numpy().astype(np.uint64)
+        offsets = np.zeros(len(self) + 1, dtype=np.int64)
+        np.cumsum(counts, out=offsets[1:])
+        return hashes, offsets
+
+
+# --- the value guard: near duplicates differ by edits, not by swapped values -----------
+
+# A value is a number (a token with a digit) or a name (a capitalised word: "France").
+VALUE_PATTERN = r"\w*\d\w*|\b\p{Lu}[\p{Ll}\p{Lt}\p{Lm}\p{Lo}\p{Mn}]+\b"
+
+
+@functools.lru_cache(maxsize=1 << 16)
+def _deletions(word: str) -> frozenset[str]:
+    """The word with up to one character deleted (two for words of 6+ characters)."""
+    found, frontier = {word}, {word}
+    for _ in range(2 if len(word) >= 6 else 1):
+        frontier = {w[:i] + w[i + 1 :] for w in frontier for i in range(len(w))}
+        found |= frontier
+    return frozenset(found)
+
+
+def _near(a: str, b: str) -> bool:
+    """A typo apart (the two share a string after deleting a character or two from each);
+    numbers must be equal."""
+    if any(c.isdigit() for c in a) or any(c.isdigit() for c in b):
+        return a == b
+    return not _deletions(a).isdisjoint(_deletions(b))
+
+
+class ValueGuard:
+    """Tells apart similar texts that are the same template with other values.
+
+    Near duplicates (typos, re-spacing, reordering, truncation, another template) differ by
+    edits, insertions or deletions. When a number in one text was replaced by another
+    number ("what is 17+25" / "what is 38+4"), or a name by another name ("the capital of
+    France" / "... of Germany"), the texts are different records, however similar.
+    Each text's values (lower-cased) are found once, vectorised; a pair then costs two small
+    set differences. A value counts as swapped only when both texts have values the other
+    lacks and no typo explains them.
+    """
+
+    def __init__(self, texts: Texts):
+        self._values = [frozenset(v) if v else frozenset() for v in texts.frame["values"].to_list()]
+
+    def differ(self, i: int, j: int) -> str | None:
+        """Why texts i and j are different records, or None when they may be duplicates."""
+        only_i = self._values[i] - self._values[j]
+        if not only_i:
+            return None
+        only_j = self._values[j] - self._values[i]
+        if not only_j:
+            return None  # values only added or removed (a truncation, a template): not swapped
+        numbers_i = [v for v in only_i if any(c.isdigit() for c in v)]
+        numbers_j = [v for v in only_j if any(c.isdigit() for c in v)]
+        if numbers_i and numbers_j:
+            return f"numbers differ: {', '.join(sorted(numbers_i)[:3])} / {', '.join(sorted(numbers_j)[:3])}"
+        names_i = [v for v in only_i if v not in numbers_i and not any(_near(v, u) for u in only_j)]
+        names_j = [v for v in only_j if v not in numbers_j and not any(_near(v, u) for u in only_i)]
+        if names_i and names_j:
+            return f"names differ: {', '.join(sorted(names_i)[:3])} / {', '.join(sorted(names_j)[:3])}"
+        return None
+
+
+def changed_values(a: str, b: str) -> str | None:
+    """ValueGuard for one pair of texts."""
+    return ValueGuard(Texts.of([a, b])).differ(0, 1)

@@ -1,0 +1,223 @@
+"""Deduplication on real fixtures: what is found, what is kept, and that nothing is lost."""
+
+from __future__ import annotations
+
+import json
+import random
+import re
+import subprocess
+import sys
+from collections import defaultdict
+from pathlib import Path
+
+import numpy as np
+import pytest
+from conftest import SHARED, fixture_path
+
+import datakit
+from datakit import minhash
+from datakit.dedupe import DedupeError, Settings, dedupe
+from datakit.text import changed_values
+
+ALPACA = fixture_path("llama-factory/alpaca_en_demo.json")
+GSM8K = SHARED / "fixtures" / "bench" / "gsm8k" / "train.jsonl"
+
+
+def write_jsonl(path: Path, rows: list[dict]) -> Path:
+    path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
+    return path
+
+
+def typo(text: str, rng: random.Random, rate: float = 0.01) -> str:
+    chars = list(text)
+    letters = [i for i, c in enumerate(chars) if c.isalpha()]
+    for i in rng.sample(letters, max(1, int(len(letters) * rate))):
+        chars[i] = rng.choice("abcdefghijklmnopqrstuvwxyz")
+    return "".join(chars)
+
+
+def removed_ids(clusters_path: str) -> dict[str, str]:
+    """removed id -> the id kept in its place."""
+    out = {}
+    for line in Path(clusters_path).read_text().splitlines():
+        cluster = json.loads(line)
+        for r in cluster["removed"]:
+            out[r["id"]] = cluster["kept"]
+    return out
+
+
+def test_exact_duplicates_match_an_independent_count(tmp: Path) -> None:
+    source = fixture_path("fastchat/dummy_conversation.json")
+    rows = json.loads(source.read_text())
+    seen, expected_removed = set(), 0
+    for row in rows:  # the user turns, case-folded, whitespace collapsed
+        prompt = " ".join(t["value"] for t in row["conversations"] if t["from"] == "human")
+        key = re.sub(r"\s+", " ", prompt.lower()).strip()
+        expected_removed += key in seen
+        seen.add(key)
+    summary = dedupe(source, tmp / "out.json", settings=Settings(method="exact", on="prompt"))
+    assert expected_removed > 100
+    assert summary.removed == summary.removed_by_stage["exact"] == expected_removed
+    assert len(json.loads((tmp / "out.json").read_text())) == len(rows) - expected_removed
+
+
+@pytest.fixture
+def near_duplicate_set(tmp: Path) -> tuple[Path, dict[str, str], set[str]]:
+    """Alpaca originals, perturbed copies (copy id -> original id), and GSM8K hard negatives."""
+    rng = random.Random(7)
+    originals = [r for r in json.loads(ALPACA.read_text()) if len(r["output"].split()) > 30][:120]
+    rows, copies = [], {}
+    for n, r in enumerate(originals):
+        rows.append({"id": f"orig-{n}", **r})
+    for n, r in enumerate(originals[:60]):
+        kind = ("typo", "case", "reorder")[n % 3]
+        if kind == "typo":
+            copy = {**r, "instruction": typo(r["instruction"], rng), "output": typo(r["output"], rng)}
+        elif kind == "case":
+            copy = {**r, "instruction": r["instruction"].upper() + "  ", "output": r["output"].replace(" ", "  ")}
+        else:
+            sentences = re.split(r"(?<=[.!?])\s+", r["output"])
+            copy = {**r, "output": " ".join(sentences[1:] + sentences[:1])}
+        rows.append({**copy, "id": f"copy-{n}-{kind}"})
+        copies[f"copy-{n}-{kind}"] = f"orig-{n}"
+    negatives = set()
+    problems = [json.loads(line) for line in GSM8K.read_text().splitlines()[:40]]
+    for n, p in enumerate(problems):
+        rows.append({"id": f"gsm-{n}", "instruction": p["question"], "input": "", "output": p["answer"]})
+
+        def bump(m: re.Match) -> str:
+            return str(int(m.group(0)) + 3)
+
+        question, answer = re.sub(r"\d+", bump, p["question"]), re.sub(r"\d+", bump, p["answer"])
+        rows.append({"id": f"gsm-{n}-other-numbers", "instruction": question, "input": "", "output": answer})
+        negatives.add(f"gsm-{n}-other-numbers")
+    return write_jsonl(tmp / "near.jsonl", rows), copies, negatives
+
+
+def test_near_duplicates_found_hard_negatives_kept(near_duplicate_set, tmp: Path) -> None:
+    path, copies, negatives = near_duplicate_set
+    summary = dedupe(path, tmp / "out.jsonl")
+    removed = removed_ids(summary.clusters_path)
+    found = {c for c in copies if removed.get(c) == copies[c]}
+    assert len(found) >= 0.9 * len(copies), sorted(set(copies) - found)
+    assert not negatives & set(removed), "templated problems with other numbers were merged"
+    assert all(r.startswith("copy-") for r in removed)  # nothing else removed: precision
+    assert "bands x" in summary.text()
+
+
+def test_nothing_is_lost_and_keep_first_is_honoured(near_duplicate_set, tmp: Path) -> None:
+    path, _, _ = near_duplicate_set
+    ids = [json.loads(line)["id"] for line in path.read_text().splitlines()]
+    summary = dedupe(path, tmp / "out.jsonl", settings=Settings(keep="first"))
+    written = [json.loads(line)["id"] for line in (tmp / "out.jsonl").read_text().splitlines()]
+    clusters = [json.loads(line) for line in Path(summary.clusters_path).read_text().splitlines()]
+    removed = [r["id"] for c in clusters for r in c["removed"]]
+    assert sorted(written + removed) == sorted(ids)
+    assert written == [i for i in ids if i not in set(removed)]  # input order kept
+    for cluster in clusters:
+        assert all(cluster["kept_index"] < r["index"] for r in cluster["removed"])
+        assert all(0 < r["similarity"] <= 1 and r["linked_to"] for r in cluster["removed"])
+    assert summary.read == len(ids) == summary.kept + summary.removed
+
+
+def test_keep_longest_and_keep_score(tmp: Path) -> None:
+    base = "Explain why the sky looks blue during the day and red at sunset, in simple words for a child."
+    answer = "Sunlight is made of many colours. Air scatters blue light the most, so the sky looks blue."
+
+    def record(id: str, reply: str, quality: int) -> dict:
+        messages = [datakit.message("user", base), datakit.message("assistant", reply)]
+        return datakit.new_record(messages, id=id, meta={"quality": quality})
+
+    records = [
+        record("short", answer, 2),
+        record("long", answer + " At sunset light travels further.", 1),
+        record("best", answer + " ", 9),
+    ]
+    path = tmp / "in.jsonl"
+    datakit.write_records(records, path)
+    for keep, winner in (("first", "short"), ("longest", "long"), ("score:quality", "best")):
+        dedupe(path, tmp / f"{keep}.jsonl", settings=Settings(keep=keep, threshold=0.3))
+        kept = [json.loads(line)["id"] for line in (tmp / f"{keep}.jsonl").read_text().splitlines()]
+        assert kept == [winner], keep
+
+
+def test_backends_agree_on_signatures_and_clusters(near_duplicate_set, tmp: Path) -> None:
+    path, _, _ = near_duplicate_set
+    texts = [json.loads(line)["output"] for line in path.read_text().splitlines()]
+    hashes, offsets = minhash.shingle_hashes(texts)
+    assert np.array_equal(minhash.signatures(hashes, offsets), minhash.signatures_datasketch(hashes, offsets))
+    a = dedupe(path, tmp / "a.jsonl", settings=Settings(backend="numpy"))
+    b = dedupe(path, tmp / "b.jsonl", settings=Settings(backend="datasketch"))
+    assert Path(a.clusters_path).read_text() == Path(b.clusters_path).read_text()
+    pairs_np, sims_np, _ = minhash.similar_pairs(texts, 0.5)
+    pairs_ds, sims_ds, _ = minhash.similar_pairs(texts, 0.5, backend="datasketch")
+    assert pairs_np.tolist() == pairs_ds.tolist() and np.allclose(sims_np, sims_ds)
+
+
+@pytest.mark.parametrize("threshold", [0.3, 0.45, 0.6, 0.8, 0.9])
+def test_lsh_bands_reach_the_recall_promised(threshold: float) -> None:
+    params = minhash.choose_lsh_params(threshold)
+    assert params.bands * params.rows <= 128
+    assert params.recall_at(threshold) >= 0.9
+    # and it shows in practice: pairs of sets built at about that Jaccard are candidates
+    rng = np.random.default_rng(0)
+    found = 0
+    for _ in range(200):
+        shared = rng.integers(0, 2**32, int(200 * threshold / (1 + threshold) * 2))
+        a = np.unique(np.r_[shared, rng.integers(0, 2**32, 200 - len(shared))]).astype(np.uint32)
+        b = np.unique(np.r_[shared, rng.integers(0, 2**32, 200 - len(shared))]).astype(np.uint32)
+        sigs = minhash.signatures(np.r_[a, b], np.array([0, len(a), len(a) + len(b)]))
+        keys = minhash.band_keys(sigs, params)
+        found += bool((keys[0] == keys[1]).any())
+    assert found / 200 >= 0.85
+
+
+def test_multi_turn_records_compare_whole_conversations(tmp: Path) -> None:
+    rows = json.loads(fixture_path("axolotl/conversation.json").read_text())
+    turns = rows["conversations"] if isinstance(rows, dict) else rows[0]["conversations"]
+    first = {"id": "a", "conversations": turns}
+    reversed_later_turns = [{"from": t["from"], "value": t["value"][::-1]} for t in turns[2:]]
+    second = {"id": "b", "conversations": turns[:2] + reversed_later_turns}
+    path = write_jsonl(tmp / "chats.jsonl", [first, second])
+    assert dedupe(path, tmp / "all.jsonl", settings=Settings(on="all")).removed == 0
+    assert dedupe(path, tmp / "first.jsonl", settings=Settings(on="response", method="exact")).removed == 0
+    assert dedupe(path, tmp / "p.jsonl", settings=Settings(on="prompt", method="minhash")).removed == 0
+    same_start = {"id": "c", "conversations": turns[:2]}
+    path = write_jsonl(tmp / "two.jsonl", [{"id": "d", "conversations": turns[:2]}, same_start])
+    assert dedupe(path, tmp / "out.jsonl", settings=Settings(method="exact")).removed == 1
+
+
+def test_value_guard_tells_templates_from_typos() -> None:
+    assert changed_values("What is 17+25?", "What is 38+4?")
+    assert changed_values("What is the capital of France?", "What is the capital of Germany?")
+    assert changed_values("Natalia sold 48 clips in April.", "Natalia sold 52 clips in April.")
+    assert changed_values("What is the capital of France?", "what is teh capital of Frnace?") is None
+    assert changed_values("Natalia sold 48 clips in April and 24 in May.", "Natalia sold 48 clips in April") is None
+    assert changed_values("Instruction: Name a colour.", "Name a colour.") is None
+
+
+def test_bad_input_names_the_line(tmp: Path) -> None:
+    path = tmp / "bad.jsonl"
+    path.write_text('{"instruction": "a", "output": "b"}\n{"instruction": "c"}\n')
+    with pytest.raises(DedupeError, match=r"bad.jsonl:2: missing required field 'output'"):
+        dedupe(path, tmp / "out.jsonl")
+    assert not (tmp / "out.jsonl").exists()
+
+
+def test_cli_prints_the_summary_and_writes_the_review_file(near_duplicate_set, tmp: Path) -> None:
+    path, copies, _ = near_duplicate_set
+    out = tmp / "clean.jsonl"
+    result = subprocess.run(
+        [sys.executable, "-m", "datakit.cli", "dedupe", str(path), str(out), "--clusters", str(tmp / "review.jsonl")],
+        capture_output=True,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stderr
+    err = result.stderr.decode()
+    assert re.search(r"records: read \d+ = kept \d+ \+ removed \d+", err)
+    assert "minhash   removed" in err and "exact     removed" in err
+    by_stage = defaultdict(int)
+    for line in (tmp / "review.jsonl").read_text().splitlines():
+        cluster = json.loads(line)
+        by_stage[cluster["stage"]] += len(cluster["removed"])
+    assert sum(by_stage.values()) >= 0.9 * len(copies)

@@ -1,0 +1,56 @@
+"""Semantic dedupe with the real embedded model (all-MiniLM-L6-v2 from its PyPI wheel), offline."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from conftest import fixture_path
+
+from datakit.dedupe import Settings, dedupe
+from datakit.embed import Embedder
+
+
+@pytest.fixture
+def cache(tmp: Path, monkeypatch) -> Path:
+    monkeypatch.setenv("DATAKIT_CACHE_DIR", str(tmp / "cache"))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    return tmp / "cache"
+
+
+def test_semantic_stage_merges_reworded_copies_and_caches_embeddings(cache: Path, tmp: Path) -> None:
+    originals = [r for r in json.loads(fixture_path("llama-factory/alpaca_en_demo.json").read_text())[:40]]
+    rows = [{"id": f"o{i}", **r} for i, r in enumerate(originals)]
+    # the same request and answer, said with other words around them (MinHash cannot see these)
+    for i, r in enumerate(originals[:8]):
+        rows.append({"id": f"c{i}", "instruction": f"Please help me with this: {r['instruction']}", "input": r["input"],
+                     "output": f"Sure! {r['output']}"})  # fmt: skip
+    path = tmp / "in.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    embedder = Embedder()
+    summary = dedupe(path, tmp / "out.jsonl", settings=Settings(method="semantic", threshold=0.9), embedder=embedder)
+    removed = {r["id"]: c["kept"] for line in Path(summary.clusters_path).read_text().splitlines()
+               for c in [json.loads(line)] for r in c["removed"]}  # fmt: skip
+    assert sum(removed.get(f"c{i}") == f"o{i}" for i in range(8)) >= 7
+    assert all(k.startswith("c") for k in removed)
+    assert embedder.embedded == len(rows)
+    # a second run, a new process's worth of state: everything comes from the disk cache
+    again = Embedder()
+    dedupe(path, tmp / "out2.jsonl", settings=Settings(method="semantic", threshold=0.9), embedder=again)
+    assert again.embedded == 0
+    assert (tmp / "out.jsonl").read_text() == (tmp / "out2.jsonl").read_text()
+
+
+def test_embeddings_are_normalised_and_match_sentence_transformers(cache: Path) -> None:
+    from sentence_transformers import SentenceTransformer
+
+    from datakit.embed import resolve_model
+
+    texts = ["A cat sat on the mat.", "Quantum computers use qubits.", "A cat sat on the mat."]
+    vectors = Embedder(cache=False)(texts)
+    reference = SentenceTransformer(resolve_model(None), device="cpu").encode(texts, normalize_embeddings=True)
+    assert vectors.shape == (3, 384)
+    assert np.allclose(np.linalg.norm(vectors, axis=1), 1, atol=1e-5)
+    assert np.allclose(vectors, reference, atol=1e-5)
