@@ -126,7 +126,7 @@ class StageResult:
 
 
 def exact_stage(texts: Texts, settings: Settings) -> StageResult:
-    keys = texts.frame.select("exact_key", "exact_length")
+    keys = pl.DataFrame([texts.column("exact_key"), texts.column("exact_length")])
     groups = (
         keys.with_row_index("i")
         .group_by("exact_key", "exact_length", maintain_order=True)
@@ -143,20 +143,32 @@ def exact_stage(texts: Texts, settings: Settings) -> StageResult:
 
 def minhash_stage(texts: Texts, settings: Settings) -> StageResult:
     params = minhash.choose_lsh_params(settings.jaccard, settings.num_perm)
-    hashes, offsets = minhash.shingle_hashes(texts, settings.ngram)
-    if settings.backend == "datasketch":
-        sigs = minhash.signatures_datasketch(hashes, offsets, settings.num_perm)
-    elif settings.backend == "numpy":
-        sigs = minhash.signatures(hashes, offsets, settings.num_perm)
-    else:
-        raise DedupeError(f"--backend must be numpy or datasketch, not {settings.backend!r}")
-    pairs = minhash.candidate_pairs(minhash.band_keys(sigs, params), np.diff(offsets) > 0)
+    all_sigs, all_has_shingles = _signatures_of_set(texts, settings)
+    sigs, has_shingles = all_sigs[texts.index], all_has_shingles[texts.index]
+    pairs = minhash.candidate_pairs(minhash.band_keys(sigs, params), has_shingles)
     similarity = minhash.estimated_jaccard(sigs, pairs)
     keep = similarity >= params.threshold
     pairs, similarity = pairs[keep], similarity[keep]
     note = f"{params.describe()}; {int(keep.size)} candidate pairs, {len(pairs)} at or above the threshold"
     pairs, similarity, guard_note = apply_value_guard(texts, pairs, similarity, settings)
     return StageResult(pairs, similarity, lambda i, j: float((sigs[i] == sigs[j]).mean()), note + guard_note)
+
+
+def _signatures_of_set(texts: Texts, settings: Settings) -> tuple[np.ndarray, np.ndarray]:
+    """MinHash signatures of every text of the set (computed once, shared by its views), and
+    which texts have shingles at all. Words and shingles are dropped as soon as they are used."""
+    key = ("minhash", settings.ngram, settings.num_perm, settings.backend)
+    if key not in texts.shared:
+        hashes, offsets = minhash.shingle_hashes(texts, settings.ngram)
+        texts.drop_words()
+        if settings.backend == "datasketch":
+            sigs = minhash.signatures_datasketch(hashes, offsets, settings.num_perm)
+        elif settings.backend == "numpy":
+            sigs = minhash.signatures(hashes, offsets, settings.num_perm)
+        else:
+            raise DedupeError(f"--backend must be numpy or datasketch, not {settings.backend!r}")
+        texts.shared[key] = (sigs, np.diff(offsets) > 0)
+    return texts.shared[key]
 
 
 def apply_value_guard(

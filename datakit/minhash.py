@@ -105,10 +105,13 @@ def _shingles(words: np.ndarray, offsets: np.ndarray, n: int) -> tuple[np.ndarra
 
 
 def shingle_hashes(texts: Texts | Sequence[str], n: int = 5) -> tuple[np.ndarray, np.ndarray]:
-    """(uint32 hash of every word n-gram shingle, offsets per text); a text under n words is one shingle."""
+    """(uint32 hash of every word n-gram shingle, offsets per text); a text under n words is one shingle.
+
+    For a Texts view, the shingles of the whole set it belongs to.
+    """
     if not isinstance(texts, Texts):
         texts = Texts.of(list(texts))
-    words, offsets = texts.words()
+    words, offsets = texts.all_words()
     return _shingles(words, offsets, n)
 
 

@@ -53,9 +53,13 @@ class Texts:
     all a dedupe run needs (they are compared within the run, never stored).
     """
 
-    def __init__(self, raw: pl.Series, frame: pl.DataFrame):
-        self.raw = raw  # the texts as given (for embeddings)
-        self.frame = frame
+    def __init__(self, raw: pl.Series, frame: pl.DataFrame, index: np.ndarray | None = None, shared=None):
+        self._raw = raw  # the texts as given (for embeddings)
+        self._frame = frame  # one row per text of the whole set
+        self.index = np.arange(frame.height) if index is None else index  # the texts this view holds
+        # per-text results computed once for the whole set and shared by every view
+        # (MinHash signatures, for instance), so a stage can index them instead of recomputing
+        self.shared: dict = {} if shared is None else shared
 
     @classmethod
     def of(cls, texts: pl.Series | list[str]) -> Texts:
@@ -76,19 +80,36 @@ class Texts:
         return cls(series, frame)
 
     def __len__(self) -> int:
-        return self.frame.height
+        return len(self.index)
+
+    @property
+    def size_of_set(self) -> int:
+        """How many texts the whole set has (views index into it)."""
+        return self._frame.height
 
     def take(self, index: np.ndarray) -> Texts:
-        return Texts(self.raw.gather(index), self.frame[index])
+        """A view of some of these texts (positions in this view); nothing is copied."""
+        return Texts(self._raw, self._frame, self.index[index], self.shared)
 
-    def words(self) -> tuple[np.ndarray, np.ndarray]:
-        """(uint64 hash of every word, in order; offsets: text d's words are [offsets[d], offsets[d+1]))."""
-        words = self.frame["words"]
-        counts = words.list.len().fill_null(0).to_numpy().astype(np.int64)
-        hashes = words.explode().drop_nulls().to_numpy().astype(np.uint64)
-        offsets = np.zeros(len(self) + 1, dtype=np.int64)
-        np.cumsum(counts, out=offsets[1:])
-        return hashes, offsets
+    def column(self, name: str) -> pl.Series:
+        """exact_key, exact_length or values, for the texts of this view."""
+        return self._frame[name].gather(self.index)
+
+    @property
+    def raw(self) -> pl.Series:
+        return self._raw.gather(self.index)
+
+    def all_words(self) -> tuple[np.ndarray, np.ndarray]:
+        """(uint64 hash of every word, in order; offsets: text d's words are [offsets[d], offsets[d+1]))
+        for every text of the whole set."""
+        lists = self._frame["words"].rechunk().to_arrow()
+        offsets = np.asarray(lists.offsets, dtype=np.int64)
+        return np.asarray(lists.flatten(), dtype=np.uint64), offsets - offsets[0]
+
+    def drop_words(self) -> None:
+        """Free the word hashes of the whole set (once the shingles are made)."""
+        if "words" in self._frame.columns:
+            self._frame.drop_in_place("words")
 
 
 # --- the value guard: near duplicates differ by edits, not by swapped values -----------
@@ -128,7 +149,7 @@ class ValueGuard:
     """
 
     def __init__(self, texts: Texts):
-        self._values = [frozenset(v) if v else frozenset() for v in texts.frame["values"].to_list()]
+        self._values = [frozenset(v) if v else frozenset() for v in texts.column("values").to_list()]
 
     def differ(self, i: int, j: int) -> str | None:
         """Why texts i and j are different records, or None when they may be duplicates."""
