@@ -239,6 +239,7 @@ def main() -> None:
     runs: list[tuple[str, callable]] = [
         ("exact", lambda: datakit_labels(texts, frame, Settings(method="exact"))),
         ("minhash (default)", lambda: datakit_labels(texts, frame, Settings(method="minhash"))),
+        ("minhash, no guard", lambda: datakit_labels(texts, frame, Settings(method="minhash", value_guard=False))),
     ]
     for t in (float(x) for x in args.thresholds.split(",") if x):
         for n in (int(x) for x in args.ngrams.split(",")):
