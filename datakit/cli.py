@@ -137,12 +137,15 @@ def inspect(input, from_format, as_json, **read_flags) -> None:
 @click.option("--backend", type=click.Choice(["numpy", "datasketch"]), default="numpy", show_default=True,
               help="MinHash signatures: datakit's vectorised kernel, or datasketch (the reference).")  # fmt: skip
 @click.option("--model", default=None, help="Embedding model name or path (default: embedded all-MiniLM-L6-v2).")
+@click.option("--no-value-guard", is_flag=True, help="Merge similar texts even when numbers or names were swapped.")
 @click.option("--quiet", is_flag=True)
 def dedupe(input, output, method, on, threshold, cosine, keep, clusters, to, from_format, ngram, num_perm, backend,
-           model, quiet) -> None:  # fmt: skip
+           model, no_value_guard, quiet) -> None:  # fmt: skip
     """Remove exact and near duplicates from INPUT, writing OUTPUT and a clusters file to review."""
     try:
-        settings = DedupeSettings(method, on, threshold, cosine, keep, ngram, num_perm, backend, model)
+        settings = DedupeSettings(
+            method, on, threshold, cosine, keep, ngram, num_perm, backend, model, value_guard=not no_value_guard
+        )
         summary = run_dedupe(input, output, settings=settings, clusters=clusters, to=to, from_format=from_format)
     except (DedupeError, FormatError, InputError, ValueError) as exc:
         raise click.ClickException(str(exc)) from None
