@@ -145,7 +145,10 @@ def minhash_stage(texts: Texts, settings: Settings) -> StageResult:
     params = minhash.choose_lsh_params(settings.jaccard, settings.num_perm)
     all_sigs, all_has_shingles = _signatures_of_set(texts, settings)
     sigs, has_shingles = all_sigs[texts.index], all_has_shingles[texts.index]
-    pairs = minhash.candidate_pairs(minhash.band_keys(sigs, params), has_shingles)
+    if settings.backend == "datasketch":
+        pairs = minhash.candidate_pairs_datasketch(sigs, has_shingles, params)
+    else:
+        pairs = minhash.candidate_pairs(minhash.band_keys(sigs, params), has_shingles)
     similarity = minhash.estimated_jaccard(sigs, pairs)
     keep = similarity >= params.threshold
     pairs, similarity = pairs[keep], similarity[keep]

@@ -13,8 +13,9 @@ is one shingle. Each shingle is a 32-bit hash built from 64-bit word hashes.
 
 Signatures use datasketch 2.0's default permutation scheme ("affine32": the MurmurHash3
 finalizer, then h -> a*h + b mod 2^32 with datasketch's seeded a and b), so the vectorised
-backend here and the datasketch backend give bit-identical signatures for the same shingles;
-only the speed differs. The numba kernel runs the documents in parallel across cores.
+backend here and the datasketch backend (its MinHash for signatures, its MinHashLSH for
+candidates) give the same signatures and the same candidate pairs; only the speed differs.
+The numba kernel runs the documents in parallel across cores.
 """
 
 from __future__ import annotations
@@ -224,50 +225,17 @@ def estimated_jaccard(sigs: np.ndarray, pairs: np.ndarray, chunk: int = 200_000)
     return out
 
 
-def similar_pairs(
-    texts: Sequence[str],
-    threshold: float,
-    *,
-    ngram: int = 5,
-    num_perm: int = 128,
-    backend: str = "numpy",
-    seed: int = 1,
-) -> tuple[np.ndarray, np.ndarray, LshParams]:
-    """(pairs i < j, their estimated Jaccard >= threshold, the LSH parameters used)."""
-    params = choose_lsh_params(threshold, num_perm)
-    hashes, offsets = shingle_hashes(texts, ngram)
-    if backend == "datasketch":
-        return *_similar_pairs_datasketch(hashes, offsets, params, seed), params
-    if backend != "numpy":
-        raise ValueError(f"unknown MinHash backend {backend!r}; use numpy or datasketch")
-    sigs = signatures(hashes, offsets, num_perm, seed)
-    has_shingles = np.diff(offsets) > 0  # empty texts are left to the exact stage
-    pairs = candidate_pairs(band_keys(sigs, params), has_shingles)
-    similarity = estimated_jaccard(sigs, pairs)
-    keep = similarity >= threshold
-    return pairs[keep], similarity[keep], params
-
-
-def _similar_pairs_datasketch(
-    hashes: np.ndarray, offsets: np.ndarray, params: LshParams, seed: int
-) -> tuple[np.ndarray, np.ndarray]:
-    """The reference path: datasketch's MinHash and MinHashLSH index (query, then insert)."""
+def candidate_pairs_datasketch(sigs: np.ndarray, eligible: np.ndarray, params: LshParams, seed: int = 1) -> np.ndarray:
+    """The reference path for candidates: datasketch's MinHashLSH index with the same bands x
+    rows, each signature queried and then inserted."""
     from datasketch import MinHash, MinHashLSH
 
     lsh = MinHashLSH(num_perm=params.num_perm, params=(params.bands, params.rows))
-    docs = [hashes[offsets[d] : offsets[d + 1]].tolist() for d in range(len(offsets) - 1)]
-    sketches = MinHash.bulk(docs, num_perm=params.num_perm, seed=seed, hashfunc=_identity, scheme="affine32")
     found = []
-    for i, (doc, sketch) in enumerate(zip(docs, sketches, strict=True)):
-        if not doc:
-            continue
-        for j in lsh.query(sketch):
-            similarity = sketch.jaccard(sketches[j])
-            if similarity >= params.threshold:
-                found.append((j, i, similarity))
+    for i in np.flatnonzero(eligible).tolist():
+        sketch = MinHash(num_perm=params.num_perm, seed=seed, hashvalues=sigs[i], scheme="affine32")
+        found += [(j, i) for j in lsh.query(sketch)]
         lsh.insert(i, sketch)
     if not found:
-        return np.zeros((0, 2), dtype=np.int64), np.zeros(0, dtype=np.float32)
-    found.sort()
-    pairs = np.array([(i, j) for i, j, _ in found], dtype=np.int64)
-    return pairs, np.array([s for _, _, s in found], dtype=np.float32)
+        return np.zeros((0, 2), dtype=np.int64)
+    return np.array(sorted(found), dtype=np.int64)
