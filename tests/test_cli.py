@@ -24,10 +24,11 @@ def test_convert_prints_the_summary_and_detection(tmp: Path) -> None:
     assert result.returncode == 0, result.stderr
     err = result.stderr.decode()
     assert "detected alpaca" in err
-    assert "rows: read 200 = converted 200 + rejected 0 + skipped 0" in err
-    rows = [json.loads(line) for line in out.read_text().splitlines()]
     source = json.loads(SAMPLE.read_text())
-    assert len(rows) == 200
+    n = len(source)
+    assert f"rows: read {n} = converted {n} + rejected 0 + skipped 0" in err
+    rows = [json.loads(line) for line in out.read_text().splitlines()]
+    assert len(rows) == n
     assert rows[0]["conversations"][1] == {"from": "gpt", "value": source[0]["output"]}
 
 
