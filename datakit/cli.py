@@ -11,10 +11,15 @@ from datakit.convert import ConversionError, convert_file, write_dataset_info
 from datakit.dedupe import DEFAULT_COSINE, DEFAULT_JACCARD, METHODS, DedupeError
 from datakit.dedupe import Settings as DedupeSettings
 from datakit.dedupe import dedupe as run_dedupe
+from datakit.filter import DEFAULT_RULES, RULES, FilterError, Limits, filter_file, parse_rules
 from datakit.formats import FORMATS, FormatError, ReadOptions
 from datakit.inspect import inspect as inspect_api
 from datakit.inspect import render
 from datakit.io import InputError
+from datakit.select import DEITA_THRESHOLD, SelectError
+from datakit.select import METHODS as SELECT_METHODS
+from datakit.select import Settings as SelectSettings
+from datakit.select import select as run_select
 
 FORMAT_CHOICE = click.Choice(list(FORMATS))
 
@@ -148,6 +153,82 @@ def dedupe(input, output, method, on, threshold, cosine, keep, clusters, to, fro
         )
         summary = run_dedupe(input, output, settings=settings, clusters=clusters, to=to, from_format=from_format)
     except (DedupeError, FormatError, InputError, ValueError) as exc:
+        raise click.ClickException(str(exc)) from None
+    if not quiet:
+        click.echo(summary.text(), err=True)
+
+
+@main.command(name="filter")
+@click.argument("input", type=click.Path())
+@click.argument("output", type=click.Path())
+@click.option(
+    "--rules", default=None, help=f"Comma-separated rules (default: {','.join(DEFAULT_RULES)}); all: {','.join(RULES)}."
+)
+@click.option(
+    "--rejects",
+    type=click.Path(),
+    default=None,
+    help="Rejected records with rule and reason (default OUTPUT.rejects.jsonl).",
+)
+@click.option("--annotate", is_flag=True, help="Keep every record; add meta.filter (failed rules) and meta.score.")
+@click.option("--max-prompt", type=int, default=Limits.max_prompt, show_default=True, help="Characters (or tokens).")
+@click.option(
+    "--max-response", type=int, default=Limits.max_response, show_default=True, help="Characters (or tokens)."
+)
+@click.option("--min-response", type=int, default=Limits.min_response_chars, show_default=True, help="Characters.")
+@click.option("--tokenizer", default=None, help="Count lengths in tokens of this Hugging Face tokenizer.")
+@click.option("--languages", default="en", show_default=True, help="For the language rule: languages to keep.")
+@click.option("--to", "to", type=FORMAT_CHOICE, default=None,
+              help="Output format (default: the input's; canonical with --annotate, to keep meta).")  # fmt: skip
+@click.option("--from", "from_format", type=FORMAT_CHOICE, default=None, help="Input format (detected if left out).")
+@click.option("--quiet", is_flag=True)
+def filter_command(input, output, rules, rejects, annotate, max_prompt, max_response, min_response, tokenizer,
+                   languages, to, from_format, quiet) -> None:  # fmt: skip
+    """Drop (or flag) records that fail heuristic quality rules, each with its reason."""
+    try:
+        limits = Limits(
+            min_response_chars=min_response,
+            max_prompt=max_prompt,
+            max_response=max_response,
+            tokenizer=tokenizer,
+            languages=tuple(x.strip() for x in languages.split(",") if x.strip()),
+        )
+        summary = filter_file(
+            input, output, rules=parse_rules(rules), limits=limits, rejects=rejects, annotate=annotate, to=to,
+            from_format=from_format,
+        )  # fmt: skip
+    except (FilterError, FormatError, InputError, ValueError) as exc:
+        raise click.ClickException(str(exc)) from None
+    if not quiet:
+        click.echo(summary.text(), err=True)
+
+
+@main.command(name="select")
+@click.argument("input", type=click.Path())
+@click.argument("output", type=click.Path())
+@click.option("--k", "k", type=float, required=True, help="How many records (a count, or a share below 1).")
+@click.option("--method", type=click.Choice(SELECT_METHODS), default="kcenter", show_default=True)
+@click.option("--score", default=None, help="meta key to rank by (deita needs one; cluster uses it).")
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--on", type=click.Choice(["prompt", "response", "all"]), default="all", show_default=True)
+@click.option("--model", default=None, help="Embedding model name or path (default: embedded all-MiniLM-L6-v2).")
+@click.option("--threshold", type=float, default=DEITA_THRESHOLD, show_default=True, help="deita: cosine limit.")
+@click.option("--clusters", type=int, default=None, help="cluster: number of k-means clusters (default about sqrt(k)).")
+@click.option("--plot", type=click.Path(), default=None, help="PNG of the 2-D projection (default OUTPUT.png).")
+@click.option(
+    "--to", "to", type=FORMAT_CHOICE, default=None, help="Output format (default: canonical, which keeps meta)."
+)
+@click.option("--from", "from_format", type=FORMAT_CHOICE, default=None, help="Input format (detected if left out).")
+@click.option("--quiet", is_flag=True)
+def select_command(input, output, k, method, score, seed, on, model, threshold, clusters, plot, to, from_format,
+                   quiet) -> None:  # fmt: skip
+    """Choose K records of INPUT: k-center, DEITA-style score-first, cluster-stratified or random."""
+    try:
+        settings = SelectSettings(k, method, score, seed, on, model, threshold, clusters)
+        summary = run_select(
+            input, output, settings=settings, to=to, from_format=from_format, plot=plot or f"{output}.png"
+        )
+    except (SelectError, DedupeError, FormatError, InputError, ValueError) as exc:
         raise click.ClickException(str(exc)) from None
     if not quiet:
         click.echo(summary.text(), err=True)
