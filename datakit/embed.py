@@ -47,7 +47,7 @@ class Embedder:
     Vectors are L2-normalised float32, so a dot product is the cosine similarity.
     """
 
-    def __init__(self, model: str | None = None, batch_size: int = 64, cache: bool = True, progress: bool = False):
+    def __init__(self, model: str | None = None, batch_size: int = 16, cache: bool = True, progress: bool = False):
         self.model_name = resolve_model(model)
         self.batch_size = batch_size
         self.progress = progress
