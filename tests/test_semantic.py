@@ -48,12 +48,16 @@ def test_embeddings_are_normalised_and_match_sentence_transformers(cache: Path) 
 
     from datakit.embed import resolve_model
 
-    texts = ["A cat sat on the mat.", "Quantum computers use qubits.", "A cat sat on the mat."]
-    vectors = Embedder(cache=False)(texts)
+    texts = ["A cat sat on the mat.", "Quantum computers use qubits.", "A cat sat on the mat.", "Hi"]
     reference = SentenceTransformer(resolve_model(None), device="cpu").encode(texts, normalize_embeddings=True)
-    assert vectors.shape == (3, 384)
+    torch_vectors = Embedder(cache=False, backend="torch")(texts)
+    assert torch_vectors.shape == (4, 384)
+    assert np.allclose(torch_vectors, reference, atol=1e-5)
+    auto = Embedder(cache=False)  # OpenVINO in bfloat16 where the CPU has it, else torch
+    vectors = auto(texts)
     assert np.allclose(np.linalg.norm(vectors, axis=1), 1, atol=1e-5)
-    assert np.allclose(vectors, reference, atol=1e-5)
+    assert (vectors * reference).sum(axis=1).min() > 0.999
+    assert auto.cache_tag.endswith("|openvino-bf16") == auto._use_openvino()
 
 
 def test_blocked_search_equals_brute_force_and_partitions_keep_planted_pairs() -> None:
