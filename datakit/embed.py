@@ -20,6 +20,7 @@ import os
 import sqlite3
 import sys
 import time
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -183,9 +184,10 @@ class Embedder:
                     def forward(self, *inputs):
                         return self.inner(**dict(zip(names, inputs, strict=True))).last_hidden_state
 
-                converted = openvino.convert_model(
-                    LastHidden(transformer), example_input=tuple(example[n] for n in names)
-                )
+                with warnings.catch_warnings():  # the converter traces with torch.jit, which warns it is deprecated
+                    warnings.simplefilter("ignore")
+                    inputs = tuple(example[n] for n in names)
+                    converted = openvino.convert_model(LastHidden(transformer), example_input=inputs)
                 saved.parent.mkdir(parents=True, exist_ok=True)
                 openvino.save_model(converted, saved)
             precision = "bf16" if "BF16" in core.get_property("CPU", "OPTIMIZATION_CAPABILITIES") else "f32"
