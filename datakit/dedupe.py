@@ -27,7 +27,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import orjson
 import polars as pl
 from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import connected_components
@@ -36,7 +35,7 @@ from datakit import formats, minhash
 from datakit.convert import open_records
 from datakit.formats import Read, ReadOptions, Rejected
 from datakit.io import RowWriter
-from datakit.record import RecordError, from_storage_row, to_frame
+from datakit.record import RecordError, from_storage_row, meta_scores, to_frame
 from datakit.text import ON_CHOICES, Texts, ValueGuard, record_text
 
 METHODS = {"exact": ("exact",), "minhash": ("exact", "minhash"), "semantic": ("exact", "semantic"),
@@ -289,23 +288,8 @@ def keep_order(settings: Settings, texts: pl.Series, records: pl.DataFrame) -> n
         length = texts.str.len_chars().to_numpy().astype(np.float64)
         return np.lexsort((position, -length)).argsort()
     key = settings.keep.split(":", 1)[1]
-    scores = _scores(records, key)
+    scores = meta_scores(records, key)
     return np.lexsort((position, -np.nan_to_num(scores, nan=-np.inf))).argsort()
-
-
-def _scores(records: pl.DataFrame, key: str) -> np.ndarray:
-    """A score per record: a column of that name, else meta[key] (missing scores rank last)."""
-    if key in records.columns and key not in ("id", "messages", "system", "tools", "meta"):
-        return records[key].cast(pl.Float64, strict=False).to_numpy()
-    values = [_as_float(orjson.loads(m).get(key)) for m in records["meta"].to_list()]
-    return np.array(values, dtype=np.float64)
-
-
-def _as_float(value: Any) -> float:
-    try:
-        return float(value)
-    except (TypeError, ValueError):
-        return np.nan
 
 
 def _links(kept: int, pairs: np.ndarray, sims: np.ndarray) -> dict[int, tuple[int, float]]:

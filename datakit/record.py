@@ -20,9 +20,11 @@ are JSON strings there, because JSON schemas and source metadata have no fixed s
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Iterable, Iterator
 from typing import Any
 
+import numpy as np
 import orjson
 import polars as pl
 import xxhash
@@ -202,6 +204,16 @@ def from_frame(frame: pl.DataFrame) -> Iterator[dict[str, Any]]:
     """Records back out of a canonical frame."""
     for row in frame.iter_rows(named=True):
         yield from_storage_row(row)
+
+
+def meta_scores(frame: pl.DataFrame, key: str) -> np.ndarray:
+    """``meta[key]`` of every record of a canonical frame as a float; NaN where it is missing
+    or not a number (so a record without a score ranks last)."""
+    out = np.full(frame.height, np.nan)
+    for i, meta in enumerate(frame["meta"].to_list()):
+        with contextlib.suppress(TypeError, ValueError):  # missing or not a number: stays NaN
+            out[i] = float(orjson.loads(meta or "{}").get(key))
+    return out
 
 
 def conversation_text(record: dict[str, Any], roles: Iterable[str] = ("user", "assistant")) -> str:

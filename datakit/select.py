@@ -22,14 +22,12 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import orjson
-import polars as pl
 
 from datakit import formats
 from datakit.dedupe import load
 from datakit.formats import ReadOptions
 from datakit.io import AtomicFile, RowWriter
-from datakit.record import RecordError, from_storage_row
+from datakit.record import RecordError, from_storage_row, meta_scores
 from datakit.text import ON_CHOICES
 
 METHODS = ("kcenter", "deita", "cluster", "random")
@@ -249,17 +247,6 @@ class Summary:
         return asdict(self)
 
 
-def scores_of(records: pl.DataFrame, key: str) -> np.ndarray:
-    """meta[key] of each record as a float (NaN where missing)."""
-    out = []
-    for meta in records["meta"].to_list():
-        try:
-            out.append(float(orjson.loads(meta).get(key)))
-        except (TypeError, ValueError):
-            out.append(np.nan)
-    return np.array(out)
-
-
 def select(
     input: str | Path,
     output: str | Path,
@@ -279,7 +266,7 @@ def select(
     fmt, records, texts = load(input, from_format, settings.on, read_options)
     summary = Summary(str(input), str(output), settings.method, read=records.height)
     settings.count(records.height)  # fail on a too-large k before embedding anything
-    scores = scores_of(records, settings.score) if settings.score else None
+    scores = meta_scores(records, settings.score) if settings.score else None
     if scores is not None and np.isnan(scores).all():
         raise SelectError(f"no record has a score under meta key {settings.score!r}")
     embedder = embedder or Embedder(settings.model, progress=True)
