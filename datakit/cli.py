@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import sys
 
 import click
@@ -232,6 +233,85 @@ def select_command(input, output, k, method, score, seed, on, model, threshold, 
         raise click.ClickException(str(exc)) from None
     if not quiet:
         click.echo(summary.text(), err=True)
+
+
+@main.command(name="synth")
+@click.argument("method", type=click.Choice(["self-instruct", "evol", "backtranslate", "judge"]))
+@click.argument("input", type=click.Path())
+@click.argument("output", type=click.Path())
+@click.option("--base-url", required=True, help="An OpenAI-compatible server, e.g. http://127.0.0.1:8000/v1.")
+@click.option("--model", required=True, help="The model name the server knows.")
+@click.option(
+    "--api-key-env", default="OPENAI_API_KEY", show_default=True, help="Environment variable holding the key."
+)
+@click.option("--concurrency", type=int, default=2, show_default=True)
+@click.option("--max-requests", type=int, default=None, help="Stop after sending this many requests.")
+@click.option("--budget-tokens", type=int, default=None, help="Stop once this many tokens are used (cached included).")
+@click.option(
+    "--price-per-million", type=float, default=None, help="Dollars per million tokens, for the cost estimate."
+)
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option(
+    "--cache", type=click.Path(), default=None, help="SQLite cache (default: $DATAKIT_CACHE_DIR/synth.sqlite)."
+)
+@click.option("--max-tokens", type=int, default=256, show_default=True)
+@click.option("--temperature", type=float, default=0.7, show_default=True)
+@click.option("--threshold", type=float, default=None, help="judge: keep >= (default 4.5); backtranslate: (default 4).")
+@click.option("--rounds", type=int, default=2, show_default=True, help="evol and self-instruct rounds.")
+@click.option("--count", type=int, default=20, show_default=True, help="self-instruct: new instructions to aim for.")
+@click.option("--json-mode", is_flag=True, help="Ask for response_format json_object (where the server supports it).")
+@click.option("--timeout", type=float, default=60.0, show_default=True, help="Seconds per request.")
+@click.option("--retries", type=int, default=4, show_default=True)
+@click.option("--quiet", is_flag=True)
+def synth_command(method, input, output, base_url, model, api_key_env, concurrency, max_requests, budget_tokens,
+                  price_per_million, seed, cache, max_tokens, temperature, threshold, rounds, count, json_mode,
+                  timeout, retries, quiet) -> None:  # fmt: skip
+    """Make data with an LLM: self-instruct, evol, backtranslate (Humpback) or judge (AlpaGasus)."""
+    from datakit.embed import cache_dir
+    from datakit.synth import ClientSettings, MethodSettings, synth
+
+    client = ClientSettings(base_url=base_url, model=model, api_key_env=api_key_env, concurrency=concurrency,
+                            timeout=timeout, max_retries=retries, max_requests=max_requests, budget_tokens=budget_tokens,
+                            price_per_million=price_per_million, cache=cache or cache_dir() / "synth.sqlite")  # fmt: skip
+    settings = MethodSettings(seed=seed, max_tokens=max_tokens, temperature=temperature, threshold=threshold,
+                              rounds=rounds, count=count, json_mode=json_mode)  # fmt: skip
+    try:
+        summary = synth(method, input, output, client, settings, progress=not quiet and sys.stderr.isatty())
+    except (ConversionError, FormatError, InputError, ValueError) as exc:
+        raise click.ClickException(str(exc)) from None
+    if not quiet:
+        click.echo(summary.text(), err=True)
+    if summary.stopped:
+        sys.exit(3)
+
+
+@main.command()
+@click.option("--model", default="smollm2-135m", show_default=True, help="Embedded name, Hugging Face id or folder.")
+@click.option("--host", default="127.0.0.1", show_default=True)
+@click.option("--port", type=int, default=8000, show_default=True)
+@click.option("--faults", default="", help="Testing: faults for the first requests, e.g. 429,500,hang,truncated.")
+@click.option("--log", type=click.Path(), default=None, help="Testing: a JSONL line per request the model answered.")
+@click.option("--threads", type=int, default=None, help="torch threads.")
+def serve(model, host, port, faults, log, threads) -> None:
+    """Serve a chat model on an OpenAI-compatible HTTP API (for synth; testing and small jobs)."""
+    from datakit.serve import ChatModel, ChatServer
+
+    server = ChatServer((host, port), ChatModel(model, threads), faults=[f for f in faults.split(",") if f], log=log)
+    click.echo(f"serving {model} at {server.url}", err=True)
+    with contextlib.suppress(KeyboardInterrupt):  # Ctrl-C is how a user stops it
+        server.serve_forever()
+
+
+@main.command()
+@click.option("--prepare", is_flag=True, help="Also fetch and convert the embedded LLM now.")
+def models(prepare) -> None:
+    """List the embedded models and where they are."""
+    from datakit.models import describe, hf_folder
+
+    if prepare:
+        hf_folder()
+    for row in describe():
+        click.echo(f"{row['name']:<18} {row['kind']:<20} {row['source']}\n{'':<18} {row['path']}")
 
 
 if __name__ == "__main__":

@@ -1,0 +1,198 @@
+"""synth against a real OpenAI-compatible server on loopback serving the embedded SmolLM2-135M.
+
+The real ``openai`` client talks to a real model. Faults (429, 500, hangs, broken bodies)
+are produced by the same server on purpose. Checks are invariants a 135M model can meet:
+valid records, provenance, a reason for every drop, token totals, and resume after SIGKILL.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+from collections import Counter
+from pathlib import Path
+
+import pytest
+from conftest import ROOT, fixture_path
+
+from datakit.synth import ClientSettings, MethodSettings, synth
+from datakit.synth.parse import RougePool, parse_score, parse_tasks
+
+ALPACA = fixture_path("llama-factory/alpaca_en_demo.json")
+
+
+@pytest.fixture(scope="module")
+def chat_model():
+    from datakit.serve import ChatModel
+
+    return ChatModel("smollm2-135m")
+
+
+@pytest.fixture
+def server(chat_model, tmp_path):
+    from datakit.serve import start
+
+    server, _ = start(chat_model, log=tmp_path / "requests.jsonl")
+    yield server
+    server.shutdown()
+
+
+@pytest.fixture
+def pairs(tmp_path) -> Path:
+    rows = [r for r in json.loads(ALPACA.read_text()) if len(r["output"]) < 300][:5]
+    path = tmp_path / "pairs.json"
+    path.write_text(json.dumps(rows))
+    return path
+
+
+def settings_for(server, tmp_path, name="cache.sqlite", **extra) -> ClientSettings:
+    options = {"concurrency": 2, "timeout": 20, "backoff": 0.05, **extra}
+    return ClientSettings(base_url=server.url, model="smollm2-135m", cache=tmp_path / name, **options)
+
+
+def cached_usage(path: Path) -> int:
+    with sqlite3.connect(path) as db:
+        return db.execute("SELECT COALESCE(SUM(prompt_tokens + completion_tokens), 0) FROM answer").fetchone()[0]
+
+
+def test_judge_scores_with_reasons_provenance_and_token_totals(server, pairs, tmp_path) -> None:
+    out = tmp_path / "judged.jsonl"
+    summary = synth("judge", pairs, out, settings_for(server, tmp_path), MethodSettings(max_tokens=12, threshold=0))
+    kept = [json.loads(line) for line in out.read_text().splitlines()]
+    dropped = [json.loads(line) for line in Path(summary.rejects).read_text().splitlines()]
+    assert summary.read == 5 == len(kept) + len(dropped) == summary.generated
+    for record in kept:
+        assert 0 <= record["meta"]["score"] <= 5
+        assert record["meta"]["judge"]["method"] == "judge" and record["meta"]["judge"]["model"] == "smollm2-135m"
+    assert all(d["reason"] for d in dropped)
+    assert summary.parse_failures == sum(d["reason"].startswith("unreadable judge answer") for d in dropped)
+    # token totals are the sum of what the server reported, answer by answer
+    u = summary.usage
+    assert u["prompt_tokens"] + u["completion_tokens"] == cached_usage(tmp_path / "cache.sqlite") > 0
+    assert u["answered"] == 5 and u["failed"] == 0
+    again = synth(
+        "judge",
+        pairs,
+        tmp_path / "again.jsonl",
+        settings_for(server, tmp_path),
+        MethodSettings(max_tokens=12, threshold=0),
+    )
+    assert again.usage["answered"] == 0 and again.usage["cached"] == 5  # nothing is paid twice
+    assert (tmp_path / "again.jsonl").read_text() == out.read_text()
+
+
+def test_every_method_gives_valid_records_and_explains_every_drop(server, pairs, tmp_path) -> None:
+    from datakit.record import validate
+
+    for method in ("backtranslate", "evol", "self-instruct"):
+        out = tmp_path / f"{method}.jsonl"
+        settings = MethodSettings(max_tokens=40, rounds=1, count=3, threshold=1)
+        summary = synth(method, pairs, out, settings_for(server, tmp_path), settings)
+        kept = [json.loads(line) for line in out.read_text().splitlines()]
+        dropped = [json.loads(line) for line in Path(summary.rejects).read_text().splitlines()]
+        assert summary.generated >= summary.kept == len(kept), method
+        assert summary.dropped == len(dropped) and all(d["reason"] for d in dropped), method
+        for record in kept:
+            validate(record)
+            assert record["meta"]["synth"]["method"] == method and record["meta"]["synth"]["model"] == "smollm2-135m"
+        if method == "backtranslate":
+            assert all(r["meta"]["synth"]["parent"] for r in kept)
+
+
+def test_retries_through_faults_and_no_retry_on_a_bad_request(chat_model, pairs, tmp_path) -> None:
+    from datakit.serve import start
+
+    server, _ = start(chat_model, faults=["429", "500", "hang", "truncated", "badjson"], hang_seconds=3)
+    try:
+        settings = settings_for(server, tmp_path, timeout=1.5, concurrency=1, max_retries=6)
+        summary = synth("judge", pairs, tmp_path / "out.jsonl", settings, MethodSettings(max_tokens=8, threshold=0))
+        assert summary.usage["retries"] == 5 and summary.usage["failed"] == 0 and summary.usage["answered"] == 5
+    finally:
+        server.shutdown()
+    server, _ = start(chat_model, faults=["400"])
+    try:
+        settings = settings_for(server, tmp_path, name="other.sqlite", concurrency=1)
+        summary = synth("judge", pairs, tmp_path / "out2.jsonl", settings, MethodSettings(max_tokens=8, threshold=0))
+        assert summary.usage["failed"] == 1 and summary.usage["retries"] == 0
+        reasons = [json.loads(line)["reason"] for line in Path(summary.rejects).read_text().splitlines()]
+        assert any(r.startswith("judge request failed: HTTP 400") for r in reasons)
+    finally:
+        server.shutdown()
+
+
+def test_budget_stops_and_a_rerun_finishes_from_the_cache(server, pairs, tmp_path) -> None:
+    out = tmp_path / "out.jsonl"
+    first = synth("judge", pairs, out, settings_for(server, tmp_path, budget_tokens=600, concurrency=1),
+                  MethodSettings(max_tokens=8, threshold=0))  # fmt: skip
+    assert first.stopped and first.pending > 0 and "token budget" in first.stopped
+    second = synth(
+        "judge", pairs, out, settings_for(server, tmp_path, concurrency=1), MethodSettings(max_tokens=8, threshold=0)
+    )
+    assert second.stopped is None and second.pending == 0
+    assert second.usage["cached"] == first.usage["answered"]
+
+
+def run_cli(args: list[str], **kwargs) -> subprocess.Popen:
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    return subprocess.Popen([sys.executable, "-m", "datakit.cli", *args], cwd=ROOT, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, **kwargs)  # fmt: skip
+
+
+def test_resume_after_sigkill_sends_nothing_twice_and_matches_an_uninterrupted_run(server, pairs, tmp_path) -> None:
+    common = ["--base-url", server.url, "--model", "smollm2-135m", "--max-tokens", "24", "--concurrency", "1",
+              "--seed", "3", "--quiet"]  # fmt: skip
+    reference = run_cli(["synth", "backtranslate", str(pairs), str(tmp_path / "reference.jsonl"), *common,
+                         "--cache", str(tmp_path / "reference.sqlite")])  # fmt: skip
+    assert reference.wait(timeout=300) == 0, reference.stderr.read()
+    log = Path(server.log)
+    log.write_text("")  # from here on, count what the interrupted run sends
+    killed = run_cli(["synth", "backtranslate", str(pairs), str(tmp_path / "out.jsonl"), *common,
+                      "--cache", str(tmp_path / "resume.sqlite")])  # fmt: skip
+    deadline = time.time() + 300
+    while len(log.read_text().splitlines()) < 4 and time.time() < deadline and killed.poll() is None:
+        time.sleep(0.05)
+    assert killed.poll() is None, "the run finished before it could be killed"
+    killed.send_signal(signal.SIGKILL)
+    killed.wait()
+    assert not (tmp_path / "out.jsonl").exists()  # nothing half-written
+    answered_before_kill = {prompt_hash(messages) for messages in cached_requests(tmp_path / "resume.sqlite")}
+    assert answered_before_kill
+    resumed = run_cli(["synth", "backtranslate", str(pairs), str(tmp_path / "out.jsonl"), *common,
+                       "--cache", str(tmp_path / "resume.sqlite")])  # fmt: skip
+    assert resumed.wait(timeout=300) == 0, resumed.stderr.read()
+    sent = Counter(r["prompt_sha256"] for r in map(json.loads, log.read_text().splitlines()))
+    # an answer that came back before the kill is never asked for again; only the one request
+    # in flight at the kill (concurrency 1), whose answer never arrived, may be sent a second time
+    assert all(sent[h] == 1 for h in answered_before_kill), "an answered prompt was sent twice"
+    assert sum(n - 1 for n in sent.values()) <= 1
+    assert (tmp_path / "out.jsonl").read_text() == (tmp_path / "reference.jsonl").read_text()
+
+
+def cached_requests(path: Path) -> list[list[list[str]]]:
+    with sqlite3.connect(path) as db:
+        return [json.loads(row[0]) for row in db.execute("SELECT request FROM answer")]
+
+
+def prompt_hash(messages: list[list[str]]) -> str:
+    """The hash the test server logs for a request's messages."""
+    import hashlib
+
+    as_sent = [{"role": role, "content": content} for role, content in messages]
+    return hashlib.sha256(json.dumps(as_sent, sort_keys=True).encode()).hexdigest()
+
+
+def test_parsers_and_rouge() -> None:
+    assert parse_score("4.5\nbecause", 0, 5) == 4.5
+    assert parse_score("I would give it 7.5", 0, 5) is None  # off the scale: a failure, not a 5
+    assert parse_score("Reasoning...\nScore: 4", 1, 5) == 4
+    assert parse_score("no idea", 0, 5) is None
+    assert parse_tasks("Task 9: Write a haiku.\nTask 10: Name a city.") == ["Write a haiku.", "Name a city."]
+    pool = RougePool()
+    pool.add("Write a short poem about the sea")
+    assert pool.best("Write a short poem about the sea") == pytest.approx(1.0)
+    assert pool.best("List three prime numbers") < 0.3
