@@ -107,9 +107,9 @@ def test_every_method_gives_valid_records_and_explains_every_drop(server, pairs,
 def test_retries_through_faults_and_no_retry_on_a_bad_request(chat_model, pairs, tmp_path) -> None:
     from datakit.serve import start
 
-    server, _ = start(chat_model, faults=["429", "500", "hang", "truncated", "badjson"], hang_seconds=3)
+    server, _ = start(chat_model, faults=["429", "500", "hang", "truncated", "badjson"], hang_seconds=8)
     try:
-        settings = settings_for(server, tmp_path, timeout=1.5, concurrency=1, max_retries=6)
+        settings = settings_for(server, tmp_path, timeout=4, concurrency=1, max_retries=6)
         summary = synth("judge", pairs, tmp_path / "out.jsonl", settings, MethodSettings(max_tokens=8, threshold=0))
         assert summary.usage["retries"] == 5 and summary.usage["failed"] == 0 and summary.usage["answered"] == 5
     finally:
