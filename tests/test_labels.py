@@ -1,0 +1,84 @@
+"""Token-exact labels on real multi-turn fixtures, for every template, with the embedded model's tokenizer."""
+
+from __future__ import annotations
+
+import pytest
+from conftest import fixture_path
+
+import datakit
+from train.labels import IGNORE, tokenize, trained_spans
+from train.templates import TEMPLATES, TemplateError, assistant_text
+
+SHAREGPT = list(datakit.read_records(fixture_path("axolotl/conversation.json")))
+OPENAI = list(datakit.read_records(fixture_path("openai-messages/stock_toolcall_training.jsonl")))[:20]
+CHAT_TINY = list(datakit.read_records(fixture_path("torchtune/chat_tiny.json")))
+ALPACA = list(datakit.read_records(fixture_path("axolotl/alpaca.json")))
+
+
+@pytest.fixture(scope="module")
+def tokenizer():
+    from transformers import AutoTokenizer
+
+    from datakit.models import resolve_llm
+
+    return AutoTokenizer.from_pretrained(resolve_llm("smollm2-135m"))
+
+
+def end_marker(template: str, tokenizer) -> str:
+    return "<|im_end|>" if template in ("chatml", "tokenizer") else tokenizer.eos_token
+
+
+def lead(template: str) -> str:
+    """vicuna and llama2 put a space between the prompt and the answer, trained with the answer."""
+    return " " if template in ("vicuna", "llama2") else ""
+
+
+@pytest.mark.parametrize("template", TEMPLATES)
+@pytest.mark.parametrize("records", [SHAREGPT, CHAT_TINY, ALPACA], ids=["axolotl-sharegpt", "torchtune-chat", "alpaca"])
+def test_labels_are_exactly_each_assistant_turn_plus_eos(records, template: str, tokenizer) -> None:
+    for record in records:
+        example = tokenize(record, tokenizer, template)
+        assert len(example.input_ids) == len(example.labels)
+        decoded = [tokenizer.decode(run) for run in trained_spans(example)]
+        expected = [
+            lead(template) + assistant_text(m) + end_marker(template, tokenizer)
+            for m in record["messages"]
+            if m["role"] == "assistant"
+        ]
+        assert decoded == expected
+        # and nothing else is trained: the prompt tokens are all -100
+        assert sum(label != IGNORE for label in example.labels) == sum(len(r) for r in trained_spans(example))
+
+
+@pytest.mark.parametrize("template", ["tokenizer", "chatml"])
+def test_tool_call_turns_are_trained_as_their_call_text(template: str, tokenizer) -> None:
+    for record in OPENAI:
+        decoded = [tokenizer.decode(run) for run in trained_spans(tokenize(record, tokenizer, template))]
+        expected = [assistant_text(m) + "<|im_end|>" for m in record["messages"] if m["role"] == "assistant"]
+        assert decoded == expected
+        assert all(
+            "<tool_call>" in d
+            for d, m in zip(decoded, [m for m in record["messages"] if m["role"] == "assistant"], strict=True)
+            if m["tool_calls"]
+        )
+
+
+def test_last_turn_only_and_truncation(tokenizer) -> None:
+    record = SHAREGPT[0]
+    last = tokenize(record, tokenizer, "chatml", train_on="last")
+    assistant = [m for m in record["messages"] if m["role"] == "assistant"]
+    assert [tokenizer.decode(r) for r in trained_spans(last)] == [assistant_text(assistant[-1]) + "<|im_end|>"]
+    full = tokenize(record, tokenizer, "chatml")
+    cut = tokenize(record, tokenizer, "chatml", max_length=len(full.input_ids) // 2)
+    assert len(cut.input_ids) == len(full.input_ids) // 2 and cut.labels == full.labels[: len(cut.labels)]
+    first_trained = next(i for i, label in enumerate(full.labels) if label != IGNORE)
+    assert tokenize(record, tokenizer, "chatml", max_length=first_trained) == "no trained token within max_length"
+
+
+def test_templates_without_tool_turns_say_so(tokenizer) -> None:
+    glaive = datakit.read_records(fixture_path("llama-factory/glaive_toolcall_en_demo.json"))
+    with_tool = next(r for r in glaive if any(m["role"] == "tool" for m in r["messages"]))
+    decoded = [tokenizer.decode(run) for run in trained_spans(tokenize(with_tool, tokenizer, "chatml"))]
+    assert len(decoded) == sum(m["role"] == "assistant" for m in with_tool["messages"])
+    with pytest.raises(TemplateError, match="no place for a tool turn"):
+        tokenize(with_tool, tokenizer, "alpaca")
