@@ -60,9 +60,15 @@ def _provenance(record: dict[str, Any], method: str, model: str, **extra: Any) -
     return {"method": method, "model": model, **extra}
 
 
-def _failed(answer) -> str | None:
+PENDING = "pending"
+
+
+def _settle(result: MethodResult, answer) -> str | None:
+    """None for an answer; PENDING (counted in the result) for a request a limit kept unsent;
+    else the error that ended the request."""
     if answer.error and answer.error.startswith("not sent"):
-        return "pending"
+        result.pending += 1
+        return PENDING
     return answer.error
 
 
@@ -86,9 +92,8 @@ def judge(records: list[dict[str, Any]], client: Client, settings: MethodSetting
     ]
     result = MethodResult()
     for record, answer in zip(records, client.ask(requests), strict=True):
-        problem = _failed(answer)
-        if problem == "pending":
-            result.pending += 1
+        problem = _settle(result, answer)
+        if problem == PENDING:
             continue
         result.generated += 1
         meta = record["meta"]
@@ -130,9 +135,8 @@ def backtranslate(records: list[dict[str, Any]], client: Client, settings: Metho
     result = MethodResult()
     candidates = []
     for record, answer in zip(records, client.ask(requests), strict=True):
-        problem = _failed(answer)
-        if problem == "pending":
-            result.pending += 1
+        problem = _settle(result, answer)
+        if problem == PENDING:
             continue
         result.generated += 1
         instruction = (answer.text or "").strip().strip('"').strip()
@@ -154,9 +158,8 @@ def backtranslate(records: list[dict[str, Any]], client: Client, settings: Metho
         for r, ins in candidates
     ]
     for (record, instruction), answer in zip(candidates, client.ask(requests), strict=True):
-        problem = _failed(answer)
-        if problem == "pending":
-            result.pending += 1
+        problem = _settle(result, answer)
+        if problem == PENDING:
             continue
         score = parse_score(answer.text, 1, 5) if not problem else None
         made = new_record(
@@ -225,9 +228,8 @@ def self_instruct(records: list[dict[str, Any]], client: Client, settings: Metho
             requests.append(Request("self-instruct", (("user", prompt),), max_tokens=settings.max_tokens,
                                     temperature=settings.temperature, seed=request_seed(settings.seed, round_, k)))  # fmt: skip
         for answer, request in zip(client.ask(requests), requests, strict=True):
-            problem = _failed(answer)
-            if problem == "pending":
-                result.pending += 1
+            problem = _settle(result, answer)
+            if problem == PENDING:
                 continue
             number = request.messages[0][1].rsplit("Task ", 1)[1].split(":")[0]
             tasks = parse_tasks(f"Task {number}: {answer.text or ''}") if not problem else []
@@ -257,9 +259,8 @@ def self_instruct(records: list[dict[str, Any]], client: Client, settings: Metho
         for t in generated
     ]
     for task, answer in zip(generated, client.ask(requests), strict=True):
-        problem = _failed(answer)
-        if problem == "pending":
-            result.pending += 1
+        problem = _settle(result, answer)
+        if problem == PENDING:
             continue
         instance = parse_instance("Input:" + (answer.text or "")) if not problem else None
         if instance is None:
@@ -330,9 +331,8 @@ def evol(records: list[dict[str, Any]], client: Client, settings: MethodSettings
         ]
         evolved = []
         for (pid, text), kind, answer in zip(current, picks, client.ask(requests), strict=True):
-            problem = _failed(answer)
-            if problem == "pending":
-                result.pending += 1
+            problem = _settle(result, answer)
+            if problem == PENDING:
                 continue
             result.generated += 1
             child = re.sub(r"(?i)^#?\s*(rewritten|created) prompt#?\s*:?", "", (answer.text or "").strip()).strip()
@@ -355,9 +355,8 @@ def evol(records: list[dict[str, Any]], client: Client, settings: MethodSettings
         survivors = []
         pool = RougePool()
         for (pid, parent, kind, child), answer in zip(evolved, client.ask(requests), strict=True):
-            problem = _failed(answer)
-            if problem == "pending":
-                result.pending += 1
+            problem = _settle(result, answer)
+            if problem == PENDING:
                 continue
             made = new_record([message("user", child), message("assistant", answer.text or "")],
                               meta={"synth": _provenance(None, "evol", model, round=round_ + 1, parent=pid,
