@@ -22,8 +22,8 @@ def tree_rss_mb(pid: int) -> float:
     return total / 1024
 
 
-def run_side(code: str, *args: str) -> tuple[float, float]:
-    """(seconds printed last by ``code``, peak resident MB over its process tree, sampled every 50 ms)."""
+def run_process(code: str, *args: str) -> tuple[str, float]:
+    """(stdout of ``python -c code args``, peak resident MB over its process tree, sampled every 50 ms)."""
     proc = subprocess.Popen([sys.executable, "-c", code, *args], stdout=subprocess.PIPE, text=True)
     peak = 0.0
     while proc.poll() is None:
@@ -32,4 +32,10 @@ def run_side(code: str, *args: str) -> tuple[float, float]:
     out = proc.stdout.read()
     if proc.returncode:
         raise SystemExit(f"benchmark side failed with exit code {proc.returncode}")
+    return out, peak
+
+
+def run_side(code: str, *args: str) -> tuple[float, float]:
+    """(seconds printed last by ``code``, peak resident MB over its process tree)."""
+    out, peak = run_process(code, *args)
     return float(out.strip().splitlines()[-1]), peak

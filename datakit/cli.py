@@ -285,6 +285,74 @@ def synth_command(method, input, output, base_url, model, api_key_env, concurren
         sys.exit(3)
 
 
+@main.command("train")
+@click.option(
+    "--config",
+    "config_file",
+    type=click.Path(exists=True, dir_okay=False),
+    default=None,
+    help="YAML file with the same keys (flags override it).",
+)
+@click.option("--data", multiple=True, help="Training data in any format convert reads (repeatable).")
+@click.option("--model", default=None, help="smollm2-135m (embedded, default), a Hugging Face id or a folder.")
+@click.option("--out", default=None, help="Output folder (adapter/, loss.jsonl, loss.png, checkpoints/).")
+@click.option("--template", default=None, help="tokenizer (default), chatml, alpaca, vicuna, llama2 or plain.")
+@click.option(
+    "--train-on", type=click.Choice(["all", "last"]), default=None, help="Assistant turns trained (default all)."
+)
+@click.option("--lora-r", type=int, default=None, help="LoRA rank (default 8).")
+@click.option("--lora-alpha", type=int, default=None, help="LoRA alpha (default 16).")
+@click.option("--lora-dropout", type=float, default=None, help="LoRA dropout (default 0.05).")
+@click.option("--target", default=None, help="LoRA target modules: all-linear (default) or names, comma-separated.")
+@click.option("--full", is_flag=True, help="Full fine-tuning instead of LoRA.")
+@click.option("--qlora", is_flag=True, help="4-bit QLoRA (needs CUDA and bitsandbytes).")
+@click.option("--epochs", type=float, default=None, help="Passes over the data (default 1).")
+@click.option("--max-steps", type=int, default=None, help="Optimizer steps (overrides --epochs).")
+@click.option("--lr", type=float, default=None, help="Peak learning rate (default 2e-4), warmup then cosine.")
+@click.option("--batch-size", type=int, default=None, help="Rows per micro-batch (default 8).")
+@click.option("--grad-accum", type=int, default=None, help="Micro-batches per optimizer step (default 1).")
+@click.option("--max-length", type=int, default=None, help="Tokens per row (default 256).")
+@click.option("--packing", is_flag=True, default=None, help="Several records per row, without cross-attention.")
+@click.option("--seed", type=int, default=None)
+@click.option(
+    "--dtype",
+    type=click.Choice(["auto", "fp32", "bf16"]),
+    default=None,
+    help="Base weights: auto = bf16 where the hardware has it (adapters stay fp32).",
+)
+@click.option("--no-gradient-checkpointing", "no_checkpointing", is_flag=True, help="Faster, more memory.")
+@click.option("--save-every", type=int, default=None, help="Steps between checkpoints (default 50).")
+@click.option("--resume", is_flag=True, default=None, help="Continue from the last checkpoint in --out.")
+@click.option("--merge", is_flag=True, default=None, help="Also write a standalone merged model (out/merged).")
+@click.option("--threads", type=int, default=None, help="torch threads on CPU.")
+@click.option("--quiet", is_flag=True)
+def train_command(config_file, data, full, qlora, no_checkpointing, quiet, **flags) -> None:
+    """Fine-tune a model on a dataset: LoRA (default), full or QLoRA, loss on assistant turns only."""
+    from train import ConfigError, TrainConfig, TrainError, fit
+
+    if full and qlora:
+        raise click.UsageError("--full and --qlora exclude each other")
+    flags["data"] = list(data) or None
+    flags["method"] = "full" if full else "qlora" if qlora else None
+    flags["gradient_checkpointing"] = False if no_checkpointing else None
+    values = {k: v for k, v in flags.items() if v is not None}
+    try:
+        config = TrainConfig.from_yaml(config_file, **values) if config_file else TrainConfig.from_dict(values, "flags")
+        if not config.data:
+            raise ConfigError("data: give at least one --data file")
+        result = fit(config, progress=not quiet)
+    except (ConfigError, TrainError, ConversionError, FormatError, InputError) as exc:
+        raise click.ClickException(str(exc)) from None
+    if not quiet:
+        dropped = ", ".join(f"{n} {reason}" for reason, n in result.dropped.items()) or "none"
+        click.echo(
+            f"trained {result.steps} steps on {result.records - sum(result.dropped.values())} of {result.records} "
+            f"records (dropped: {dropped}); final loss {result.final_loss:.4f}; {result.tokens_per_s:,.0f} tokens/s; "
+            f"peak {result.peak_rss_gb} GB\nadapter: {result.adapter}\nmodel: {result.model}",
+            err=True,
+        )
+
+
 @main.command()
 @click.option("--model", default="smollm2-135m", show_default=True, help="Embedded name, Hugging Face id or folder.")
 @click.option("--host", default="127.0.0.1", show_default=True)

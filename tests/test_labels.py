@@ -82,3 +82,16 @@ def test_templates_without_tool_turns_say_so(tokenizer) -> None:
     assert len(decoded) == sum(m["role"] == "assistant" for m in with_tool["messages"])
     with pytest.raises(TemplateError, match="no place for a tool turn"):
         tokenize(with_tool, tokenizer, "alpaca")
+
+
+@pytest.mark.parametrize("template", TEMPLATES)
+def test_generation_prompt_is_the_rendered_text_up_to_the_last_answer(template: str, tokenizer) -> None:
+    from train.templates import prompt, render
+
+    for record in SHAREGPT + ALPACA:
+        if record["messages"][-1]["role"] != "assistant":
+            continue
+        rendered = render(record, template, tokenizer)
+        asked = prompt({**record, "messages": record["messages"][:-1]}, template, tokenizer)
+        assert rendered.text.startswith(asked), template
+        assert len(asked) == rendered.spans[-1][0]  # the answer (and only it) follows the prompt

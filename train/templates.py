@@ -209,3 +209,22 @@ def render(record: dict[str, Any], template: str, tokenizer: Any, train_on: str 
     elif train_on != "all":
         raise TemplateError(f"train_on must be all or last, not {train_on!r}")
     return rendered
+
+
+_SENTINEL = "\ue000"  # a private-use character: never in real text, marks where the answer would start
+
+
+def prompt(record: dict[str, Any], template: str, tokenizer: Any) -> str:
+    """The text a model continues to answer the record's last user turn (for generation and evals)."""
+    if template == "tokenizer":
+        if not getattr(tokenizer, "chat_template", None):
+            raise TemplateError("the tokenizer has no chat template; pick one of " + ", ".join(NAMED))
+        return tokenizer.apply_chat_template(to_chat_messages(record), tokenize=False, add_generation_prompt=True)
+    if template not in NAMED:
+        raise TemplateError(f"unknown template {template!r}; templates: {', '.join(TEMPLATES)}")
+    with_answer = {**record, "messages": [*record["messages"], {"role": "assistant", "content": _SENTINEL}]}
+    rendered = NAMED[template](with_answer, tokenizer.eos_token or "")
+    start = rendered.text.rindex(_SENTINEL)
+    if rendered.spans and rendered.spans[-1][0] < start:  # vicuna/llama2 train the space before the answer
+        start = rendered.spans[-1][0]
+    return rendered.text[:start]

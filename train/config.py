@@ -1,0 +1,118 @@
+"""The training settings: one dataclass, filled from CLI flags, a YAML file or Python.
+
+LoRA defaults (r 8, alpha 16, dropout 0.05, all linear layers) follow litgpt and torchtune;
+LLaMA-Factory uses r 8, alpha 2r, dropout 0 and peft's own default is r 8, alpha 8. The CPU
+defaults (bf16 weights with gradient checkpointing, batch 8 x 256) come from
+benchmarks/train_speed.py on a 2-core machine: see the README.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from train.templates import TEMPLATES
+
+
+class ConfigError(ValueError):
+    """A setting that cannot be used; the message names the key."""
+
+
+def _coerce(value: Any, type_name: str, where: str) -> Any:
+    """YAML reads 1e-4 as a string (it wants 1.0e-4): accept what a user means, or name the key."""
+    if value is None or isinstance(value, bool):
+        return value
+    try:
+        if type_name.startswith("float"):
+            return float(value)
+        if type_name.startswith("int"):
+            if isinstance(value, float) and not value.is_integer():
+                raise ValueError
+            return int(value)
+    except (TypeError, ValueError):
+        raise ConfigError(f"{where}: {value!r} is not a {type_name.split(' ')[0]}") from None
+    return value
+
+
+@dataclass
+class TrainConfig:
+    data: list[str] = field(default_factory=list)  # files in any format `datakit convert` reads
+    model: str = "smollm2-135m"  # an embedded model name, a Hugging Face id or a local folder
+    out: str = "out/train"
+    template: str = "tokenizer"  # the tokenizer's own chat template, or a named one
+    train_on: str = "all"  # every assistant turn, or "last"
+    method: str = "lora"  # lora | full | qlora
+    lora_r: int = 8
+    lora_alpha: int = 16
+    lora_dropout: float = 0.05
+    target: str = "all-linear"  # peft's target_modules: "all-linear" or comma-separated names
+    epochs: float = 1.0
+    max_steps: int | None = None  # overrides epochs when set
+    lr: float = 2e-4
+    warmup_ratio: float = 0.03
+    weight_decay: float = 0.0
+    batch_size: int = 8
+    grad_accum: int = 1
+    max_length: int = 256
+    packing: bool = False
+    seed: int = 0
+    dtype: str = "auto"  # auto: bf16 weights where the CPU/GPU has bf16, else fp32 | fp32 | bf16
+    gradient_checkpointing: bool = True
+    save_every: int = 50  # optimizer steps between checkpoints (and one at the end)
+    resume: bool = False
+    merge: bool = False  # also write a standalone merged model (LoRA)
+    threads: int | None = None  # torch threads on CPU (default: torch's choice)
+
+    def __post_init__(self) -> None:
+        if isinstance(self.data, (str, Path)):
+            self.data = [str(self.data)]
+        self.data = [str(d) for d in self.data]
+        self.validate()
+
+    def validate(self) -> None:
+        checks = [
+            ("template", self.template in TEMPLATES, f"one of {', '.join(TEMPLATES)}"),
+            ("train_on", self.train_on in ("all", "last"), "all or last"),
+            ("method", self.method in ("lora", "full", "qlora"), "lora, full or qlora"),
+            ("dtype", self.dtype in ("auto", "fp32", "bf16"), "auto, fp32 or bf16"),
+            ("lora_r", self.lora_r > 0, "a positive integer"),
+            ("lr", self.lr > 0, "positive"),
+            ("batch_size", self.batch_size > 0, "a positive integer"),
+            ("grad_accum", self.grad_accum > 0, "a positive integer"),
+            ("max_length", self.max_length > 1, "at least 2"),
+            ("save_every", self.save_every > 0, "a positive integer"),
+            ("epochs", self.epochs > 0, "positive"),
+            ("max_steps", self.max_steps is None or self.max_steps > 0, "a positive integer"),
+            ("merge", not (self.merge and self.method == "full"), "only for lora or qlora (full is already merged)"),
+        ]
+        for key, ok, expected in checks:
+            if not ok:
+                raise ConfigError(f"{key}: {getattr(self, key)!r} is not allowed; expected {expected}")
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any], where: str = "config") -> TrainConfig:
+        known = {f.name for f in dataclasses.fields(cls)}
+        for key in values:
+            if key.replace("-", "_") not in known:
+                raise ConfigError(f"{where}: unknown key {key!r}; keys: {', '.join(sorted(known))}")
+        types = {f.name: str(f.type) for f in dataclasses.fields(cls)}
+        clean = {}
+        for key, value in values.items():
+            name = key.replace("-", "_")
+            clean[name] = _coerce(value, types[name], f"{where}: {key}")
+        return cls(**clean)
+
+    @classmethod
+    def from_yaml(cls, path: str | Path, **overrides: Any) -> TrainConfig:
+        values = yaml.safe_load(Path(path).read_text()) or {}
+        if not isinstance(values, dict):
+            raise ConfigError(f"{path}: expected a mapping of settings")
+        values.update({k: v for k, v in overrides.items() if v is not None})
+        return cls.from_dict(values, where=str(path))
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)

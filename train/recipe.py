@@ -1,0 +1,370 @@
+"""The training recipe, top to bottom: data -> labels -> model -> steps -> checkpoints -> adapter.
+
+One plain loop instead of a Trainer subclass (torchtune's style), so each choice is visible:
+
+- the loss of a step is the sum of token losses over every trained token of its micro-batches,
+  divided by the number of those tokens, so packing and gradient accumulation do not change
+  how records are weighted;
+- the language-model head runs only on trained positions (the rest have no target), which on
+  a 49k vocabulary is a large share of the compute;
+- every step reseeds torch from (seed, step) and the batch plan is a pure function of the
+  seed, so a resumed run takes the same batches and dropout masks as an uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import resource
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+import xxhash
+
+from train import checkpoint
+from train.batches import MicroBatch, collate, plan_steps
+from train.config import ConfigError, TrainConfig
+from train.labels import IGNORE, Tokenized, tokenize_all
+
+SETTINGS_FILE = "datakit.json"  # beside the adapter or model: base model, template, settings
+
+
+class TrainError(RuntimeError):
+    """A run that cannot start or continue; the message says why and what to do."""
+
+
+@dataclass
+class TrainResult:
+    out: str
+    adapter: str | None  # LoRA/QLoRA adapter folder
+    model: str | None  # full fine-tune or merged model folder
+    steps: int
+    records: int
+    dropped: dict[str, int]
+    tokens: int  # every non-padding token processed (all epochs)
+    trained_tokens: int
+    final_loss: float
+    seconds: float
+    tokens_per_s: float
+    peak_rss_gb: float
+    resumed_from: int = 0
+    settings: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+# --- data ----------------------------------------------------------------------------------
+
+
+def load_examples(config: TrainConfig, tokenizer: Any) -> tuple[int, Tokenized]:
+    from datakit.convert import read_records
+
+    records = []
+    for path in config.data:
+        if not Path(path).exists():
+            raise ConfigError(f"data: {path} does not exist")
+        records.extend(read_records(path))
+    if not records:
+        raise TrainError(f"data: no record in {', '.join(config.data)}")
+    return len(records), tokenize_all(records, tokenizer, config.template, config.train_on, config.max_length)
+
+
+def data_fingerprint(tokenized: Tokenized) -> str:
+    h = xxhash.xxh3_64()
+    for ex in tokenized.examples:
+        h.update(json.dumps([ex.input_ids, ex.labels]).encode())
+    return h.hexdigest()
+
+
+# --- model ---------------------------------------------------------------------------------
+
+
+def cpu_has_bf16() -> bool:
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+    return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
+def weight_dtype(config: TrainConfig, device: str) -> torch.dtype:
+    """bf16 base weights for adapters where the hardware computes in bf16; fp32 otherwise.
+    Full fine-tuning keeps fp32 unless asked: pure bf16 updates lose small steps."""
+    if config.dtype != "auto":
+        return torch.bfloat16 if config.dtype == "bf16" else torch.float32
+    if config.method == "full":
+        return torch.float32
+    if device == "cuda":
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float32
+    return torch.bfloat16 if cpu_has_bf16() else torch.float32
+
+
+def load_model(config: TrainConfig, path: str, device: str) -> torch.nn.Module:
+    from transformers import AutoModelForCausalLM
+
+    dtype = weight_dtype(config, device)
+    kwargs: dict[str, Any] = {"dtype": dtype}
+    if config.method == "qlora":
+        import importlib.util
+
+        if device != "cuda" or importlib.util.find_spec("bitsandbytes") is None:
+            raise TrainError("qlora needs a CUDA GPU and the bitsandbytes package; use --method lora on this machine")
+        from transformers import BitsAndBytesConfig
+
+        kwargs["quantization_config"] = BitsAndBytesConfig(
+            load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_compute_dtype=dtype, bnb_4bit_use_double_quant=True
+        )
+        kwargs["device_map"] = {"": 0}
+    model = AutoModelForCausalLM.from_pretrained(path, **kwargs)
+    if config.method != "qlora":
+        model.to(device)
+    if config.gradient_checkpointing:
+        if hasattr(model, "activation_checkpointing_enable"):  # transformers >= 5.x renamed it
+            model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
+        else:
+            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        model.config.use_cache = False
+    if config.method == "full":
+        return model
+    from peft import LoraConfig, get_peft_model
+
+    if config.method == "qlora":
+        from peft import prepare_model_for_kbit_training
+
+        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=config.gradient_checkpointing)
+    target = config.target if config.target == "all-linear" else [t.strip() for t in config.target.split(",")]
+    lora = LoraConfig(
+        r=config.lora_r, lora_alpha=config.lora_alpha, lora_dropout=config.lora_dropout,
+        target_modules=target, task_type="CAUSAL_LM",
+    )  # fmt: skip
+    return get_peft_model(model, lora)
+
+
+def token_loss_sum(model: torch.nn.Module, batch: MicroBatch, device: str) -> torch.Tensor:
+    """Summed cross-entropy over the trained tokens; the head runs on those positions only."""
+    causal_lm = model.get_base_model() if hasattr(model, "get_base_model") else model
+    decoder, head = causal_lm.get_decoder(), causal_lm.get_output_embeddings()
+    hidden = decoder(
+        input_ids=batch.input_ids.to(device),
+        attention_mask=None if batch.attention_mask is None else batch.attention_mask.to(device),
+        position_ids=None if batch.position_ids is None else batch.position_ids.to(device),
+        use_cache=False,
+    ).last_hidden_state
+    targets = batch.labels[:, 1:].to(device)
+    trained = targets != IGNORE
+    logits = head(hidden[:, :-1][trained]).float()
+    return F.cross_entropy(logits, targets[trained], reduction="sum")
+
+
+def learning_rate(config: TrainConfig, step: int, total: int) -> float:
+    """Linear warmup, then cosine decay to 0 (step counts from 1)."""
+    warmup = max(1, math.ceil(config.warmup_ratio * total)) if config.warmup_ratio > 0 else 0
+    if step <= warmup:
+        return config.lr * step / warmup
+    progress = (step - warmup) / max(1, total - warmup)
+    return config.lr * 0.5 * (1 + math.cos(math.pi * progress))
+
+
+# --- outputs -------------------------------------------------------------------------------
+
+
+def write_json(path: Path, value: Any) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(value, indent=2))
+    tmp.replace(path)
+
+
+def plot_loss(logs: list[Path], png: Path) -> None:
+    """Training loss against step, one line per loss log (labelled by file stem when several)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    for log in logs:
+        rows = [json.loads(line) for line in log.read_text().splitlines() if line.strip()]
+        ax.plot([r["step"] for r in rows], [r["loss"] for r in rows], label=log.stem)
+    ax.set_xlabel("step")
+    ax.set_ylabel("training loss (per trained token)")
+    ax.grid(alpha=0.3)
+    if len(logs) > 1:
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(png, dpi=100)
+    plt.close(fig)
+
+
+def save_outputs(config: TrainConfig, model: torch.nn.Module, tokenizer: Any, model_path: str,
+                 out: Path) -> tuple[str | None, str | None]:  # fmt: skip
+    settings = {
+        "base_model": config.model, "base_path": model_path, "template": config.template,
+        "train_on": config.train_on, "method": config.method, "max_length": config.max_length,
+    }  # fmt: skip
+    if config.method == "full":
+        folder = out / "model"
+        model.save_pretrained(folder, safe_serialization=True)
+        tokenizer.save_pretrained(folder)
+        write_json(folder / SETTINGS_FILE, settings)
+        return None, str(folder)
+    adapter = out / "adapter"
+    model.save_pretrained(adapter, safe_serialization=True)
+    write_json(adapter / SETTINGS_FILE, settings)
+    if not config.merge:
+        return str(adapter), None
+    # merge into fp32 base weights: merging into bf16 would round the update away
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    base = AutoModelForCausalLM.from_pretrained(model_path, dtype=torch.float32)
+    merged = PeftModel.from_pretrained(base, adapter).merge_and_unload()
+    folder = out / "merged"
+    merged.save_pretrained(folder, safe_serialization=True)
+    tokenizer.save_pretrained(folder)
+    write_json(folder / SETTINGS_FILE, {**settings, "method": "merged"})
+    return str(adapter), str(folder)
+
+
+class _Progress:
+    """Step, loss, tokens/s and ETA on stderr: a rewritten line on a terminal, else every 10% of the steps."""
+
+    def __init__(self, total: int, start: int, enabled: bool) -> None:
+        self.total, self.start, self.enabled = total, start, enabled
+        self.tty = sys.stderr.isatty()
+        self.t0 = time.perf_counter()
+        self.tokens = 0
+
+    def step(self, step: int, loss: float, tokens: int) -> float:
+        self.tokens += tokens
+        elapsed = time.perf_counter() - self.t0
+        rate = self.tokens / elapsed if elapsed else 0.0
+        every = max(1, self.total // 10)
+        if self.enabled and (self.tty or step % every == 0 or step == self.total):
+            done = step - self.start
+            eta = elapsed / done * (self.total - step) if done else 0.0
+            line = f"step {step}/{self.total}  loss {loss:.4f}  {rate:,.0f} tokens/s  ETA {eta:,.0f}s"
+            if self.tty:
+                print(f"\r{line}   ", end="" if step < self.total else "\n", file=sys.stderr, flush=True)
+            else:
+                print(line, file=sys.stderr, flush=True)
+        return rate
+
+
+# --- the loop ------------------------------------------------------------------------------
+
+
+def fit(config: TrainConfig, progress: bool = True) -> TrainResult:
+    """Train per ``config``; with ``config.resume`` a killed run continues from its last checkpoint."""
+    from transformers import AutoTokenizer
+
+    from datakit.models import resolve_llm
+
+    started = time.perf_counter()
+    if config.threads:
+        torch.set_num_threads(config.threads)
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    out = Path(config.out)
+    model_path = resolve_llm(config.model)
+    tokenizer = AutoTokenizer.from_pretrained(model_path)
+    n_records, tokenized = load_examples(config, tokenizer)
+    if not tokenized.examples:
+        raise TrainError(f"data: none of {n_records} records has a token to train on ({dict(tokenized.dropped)})")
+    examples = tokenized.examples
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+
+    # what must match for a checkpoint to be continued
+    identity = {
+        k: v
+        for k, v in config.to_dict().items()
+        if k not in ("data", "out", "resume", "merge", "threads", "save_every")
+    }
+    identity["data_fingerprint"] = data_fingerprint(tokenized)
+    checkpoints = out / "checkpoints"
+    last = checkpoint.latest(checkpoints)
+    if last is not None and not config.resume:
+        raise TrainError(f"{out} holds a checkpoint ({last.name}); pass --resume to continue it or pick a new --out")
+
+    torch.manual_seed(config.seed)
+    model = load_model(config, model_path, device)
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
+    total, steps = plan_steps(
+        examples, batch_size=config.batch_size, grad_accum=config.grad_accum, seed=config.seed,
+        packing=config.packing, max_length=config.max_length, epochs=config.epochs, max_steps=config.max_steps,
+    )  # fmt: skip
+
+    out.mkdir(parents=True, exist_ok=True)
+    log_path = out / "loss.jsonl"
+    start, tokens, trained_tokens = 0, 0, 0
+    if last is not None:
+        state = checkpoint.load(last, model, optimizer)
+        if state["identity"] != identity:
+            changed = sorted(k for k in identity if state["identity"].get(k) != identity[k])
+            raise TrainError(f"{last}: the checkpoint was made with other settings ({', '.join(changed)})")
+        start, tokens, trained_tokens = state["step"], state["tokens"], state["trained_tokens"]
+        kept = [line for line in log_path.read_text().splitlines() if json.loads(line)["step"] <= start]
+        log_path.write_text("".join(line + "\n" for line in kept))
+    elif log_path.exists():
+        log_path.unlink()
+
+    model.train()
+    meter = _Progress(total, start, progress)
+    loss_value = float("nan")
+    with open(log_path, "a") as log:
+        for step, micro_rows in enumerate(steps, start=1):
+            if step <= start:
+                continue  # done before the resume: same plan, skipped without work
+            step_started = time.perf_counter()
+            torch.manual_seed(config.seed * 1_000_003 + step)  # dropout masks depend on the step only
+            lr = learning_rate(config, step, total)
+            for group in optimizer.param_groups:
+                group["lr"] = lr
+            batches = [collate(examples, rows, pad_id, config.packing) for rows in micro_rows]
+            n_trained = sum(b.trained_tokens for b in batches)
+            loss_value = 0.0
+            for batch in batches:
+                loss = token_loss_sum(model, batch, device) / n_trained
+                loss.backward()
+                loss_value += loss.item()
+            grad_norm = float(torch.nn.utils.clip_grad_norm_(params, 1.0))
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+            step_tokens = sum(b.tokens for b in batches)
+            tokens += step_tokens
+            trained_tokens += n_trained
+            rate = meter.step(step, loss_value, step_tokens)
+            log.write(json.dumps({"step": step, "loss": loss_value, "lr": lr, "grad_norm": grad_norm,
+                                  "tokens": step_tokens, "trained_tokens": n_trained, "tokens_per_s": round(rate, 1),
+                                  "seconds": round(time.perf_counter() - step_started, 3)}) + "\n")  # fmt: skip
+            log.flush()
+            if step % config.save_every == 0 or step == total:
+                checkpoint.save(checkpoints, step, model, optimizer,
+                                {"identity": identity, "tokens": tokens, "trained_tokens": trained_tokens})  # fmt: skip
+
+    adapter, model_dir = save_outputs(config, model, tokenizer, model_path, out)
+    plot_loss([log_path], out / "loss.png")
+    seconds = time.perf_counter() - started
+    if math.isnan(loss_value):  # everything was done before the resume: report the logged last loss
+        loss_value = json.loads(log_path.read_text().splitlines()[-1])["loss"]
+    result = TrainResult(
+        out=str(out), adapter=adapter, model=model_dir, steps=total, records=n_records,
+        dropped=dict(tokenized.dropped), tokens=tokens, trained_tokens=trained_tokens, final_loss=loss_value,
+        seconds=round(seconds, 2), tokens_per_s=round(meter.tokens / max(1e-9, time.perf_counter() - meter.t0), 1),
+        peak_rss_gb=round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6, 2), resumed_from=start,
+        settings=config.to_dict(),
+    )  # fmt: skip
+    write_json(out / "train_result.json", result.to_dict())
+    return result
+
+
+def load_settings(folder: str | os.PathLike) -> dict[str, Any]:
+    """The settings saved beside an adapter or model (template, base model...), or {}."""
+    path = Path(folder) / SETTINGS_FILE
+    return json.loads(path.read_text()) if path.exists() else {}
