@@ -1,0 +1,52 @@
+"""The ``evals`` command: run a recipe, rebuild a report, list the shipped tasks."""
+
+from __future__ import annotations
+
+import click
+
+from evals.recipe import RecipeError
+
+
+@click.group()
+def main() -> None:
+    """Measure what each data recipe does to a model."""
+
+
+@main.command("run")
+@click.argument("recipe", type=click.Path(dir_okay=False))
+@click.option("--out", type=click.Path(file_okay=False), default=None, help="Run folder (default: the recipe's name).")
+@click.option("--dry-run", is_flag=True, help="Print the plan and what is cached; do nothing.")
+@click.option("--profile", default=None, help="Apply a profile of the recipe (tiny: a few steps and items).")
+def run_command(recipe, out, dry_run, profile) -> None:
+    """Build, train and score every arm of RECIPE, then write results.md in the run folder."""
+    from evals.run import run
+
+    try:
+        run(recipe, out=out, profile=profile, dry_run=dry_run)
+    except RecipeError as exc:
+        raise click.ClickException(str(exc)) from None
+
+
+@main.command("report")
+@click.argument("run_dir", type=click.Path(exists=True, file_okay=False))
+def report_command(run_dir) -> None:
+    """Rebuild results.json, results.md and the charts of RUN_DIR from its per-item files."""
+    from pathlib import Path
+
+    from evals.report import build
+
+    build(run_dir)
+    click.echo((Path(run_dir) / "results.md").read_text())
+
+
+@main.command("tasks")
+def tasks_command() -> None:
+    """List the shipped evaluation tasks."""
+    from evals.tasks import describe
+
+    for name, about in describe():
+        click.echo(f"{name:<16} {about}")
+
+
+if __name__ == "__main__":
+    main()

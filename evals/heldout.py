@@ -1,0 +1,81 @@
+"""``heldout_loss``: the mean per-token loss of reference responses on instructions no arm trains on.
+
+The held-out set is checked against every arm's training data with datakit's own dedupe
+(exact and MinHash near-duplicates): a held-out record that shares a cluster with any training
+record is removed for all arms, so the items stay paired and no arm is scored on what it saw.
+Each item's result is (summed token loss, tokens) over its assistant turns and their EOS,
+rendered with the arm's template; the task's score is the token-weighted mean (lower is better).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+import datakit
+from datakit.convert import read_records
+from datakit.dedupe import Settings, dedupe
+from train.batches import collate
+from train.labels import IGNORE, tokenize
+
+MAX_LENGTH = 1024
+
+
+def decontaminate(heldout: list[dict[str, Any]], training_files: list[Path], workdir: Path) -> tuple[list[int], int]:
+    """(indices of held-out records to keep, how many were removed as duplicates of training data)."""
+    workdir.mkdir(parents=True, exist_ok=True)
+    combined = workdir / "heldout_and_training.jsonl"
+    records = list(heldout)
+    for file in training_files:
+        records += list(read_records(file))
+    datakit.write_records(records, combined, to="canonical")
+    clusters = workdir / "clusters.jsonl"
+    dedupe(combined, workdir / "deduped.jsonl", settings=Settings(method="minhash"), clusters=clusters)
+    n, seen = len(heldout), set()
+    import orjson
+
+    for line in clusters.read_bytes().splitlines():
+        cluster = orjson.loads(line)
+        members = [cluster["kept_index"], *(r["index"] for r in cluster["removed"])]
+        if any(m >= n for m in members):
+            seen.update(m for m in members if m < n)
+    keep = [i for i in range(n) if i not in seen]
+    return keep, len(seen)
+
+
+@torch.no_grad()
+def score(model_path: str, adapter: str | None, template: str, records: list[dict[str, Any]],
+          batch_size: int = 8) -> list[tuple[int, float, float]]:  # fmt: skip
+    """[(item index, summed token loss, tokens)] for each record with a response to score."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(model_path)
+    model = AutoModelForCausalLM.from_pretrained(model_path, dtype=torch.float32)
+    if adapter:
+        from peft import PeftModel
+
+        model = PeftModel.from_pretrained(model, adapter)
+    model.eval()
+    causal_lm = model.get_base_model() if hasattr(model, "get_base_model") else model
+    decoder, head = causal_lm.get_decoder(), causal_lm.get_output_embeddings()
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    items = [(i, tokenize(r, tokenizer, template, max_length=MAX_LENGTH)) for i, r in enumerate(records)]
+    items = [(i, ex) for i, ex in items if not isinstance(ex, str)]
+    items.sort(key=lambda item: len(item[1].input_ids))  # similar lengths together: little padding
+    out = []
+    for start in range(0, len(items), batch_size):
+        chunk = items[start : start + batch_size]
+        examples = [ex for _, ex in chunk]
+        batch = collate(examples, [[k] for k in range(len(examples))], pad, packing=False)
+        hidden = decoder(input_ids=batch.input_ids, attention_mask=batch.attention_mask).last_hidden_state
+        targets = batch.labels[:, 1:]
+        trained = targets != IGNORE
+        losses = F.cross_entropy(head(hidden[:, :-1][trained]).float(), targets[trained], reduction="none")
+        rows = trained.nonzero()[:, 0]
+        per_row = torch.zeros(len(chunk)).index_add_(0, rows, losses)
+        counts = trained.sum(1)
+        out += [(i, float(per_row[k]), float(counts[k])) for k, (i, _) in enumerate(chunk)]
+    return sorted(out)

@@ -1,0 +1,244 @@
+"""A recipe: data arms, how each is trained and which tasks score it. Validated before any work.
+
+    name: quickstart
+    model: smollm2-135m
+    template: chatml
+    seeds: [0]
+    train: {method: lora, r: 8, alpha: 16, max_steps: 40, max_length: 256, batch_size: 4, lr: 2.0e-4}
+    eval: {tasks: [heldout_loss, arc_easy, piqa], limit: 300}
+    arms:
+      base: {train: false}
+      all: {data: [{path: data/sample.jsonl}]}
+      dedup: {data: [{path: data/sample.jsonl}], steps: [{dedupe: {method: minhash}}]}
+    baseline: all
+
+Errors name the key (``arms.dedup.steps[0].dedupe.methd``) or the missing path. Data paths are
+relative to the recipe's folder. Steps take the options of the CLI command of the same name.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from evals.tasks import HELDOUT, TaskError, check_name
+from train.config import ConfigError, TrainConfig
+
+TOP_KEYS = {"name", "model", "template", "seeds", "train", "eval", "arms", "baseline", "profiles", "description"}
+ARM_KEYS = {"data", "steps", "train", "template", "eval_template", "model"}
+SOURCE_KEYS = {"path", "weight", "format"}
+EVAL_KEYS = {"tasks", "limit", "batch_size", "chat", "num_fewshot", "heldout", "replicates"}
+HELDOUT_KEYS = {"path", "limit"}
+# recipe train keys -> TrainConfig fields (the short LoRA names of the issue, and the CLI's)
+TRAIN_ALIASES = {"r": "lora_r", "alpha": "lora_alpha", "dropout": "lora_dropout"}
+RUN_OWNED = {"data", "out", "resume", "model", "template", "seed"}  # set per arm and seed by the run
+STEP_NAMES = ("dedupe", "filter", "select", "synth")
+DEFAULT_HELDOUT = Path(__file__).resolve().parent / "data" / "heldout.jsonl"
+
+# --profile tiny: the same recipe, small enough to try on a laptop CPU in minutes
+TINY = {"seeds": "first", "train": {"max_steps": 6, "batch_size": 2, "max_length": 128}, "eval": {"limit": 20}}
+
+
+class RecipeError(ValueError):
+    """A recipe that cannot run; the message names the file and the key or path."""
+
+
+@dataclass
+class Source:
+    path: Path
+    weight: float = 1.0  # 0.5: a seeded half; 2: every record twice
+    format: str | None = None
+
+
+@dataclass
+class Arm:
+    name: str
+    sources: list[Source] = field(default_factory=list)
+    steps: list[tuple[str, dict[str, Any]]] = field(default_factory=list)
+    train: bool = True
+    train_overrides: dict[str, Any] = field(default_factory=dict)
+    template: str | None = None  # training template (default: the recipe's)
+    eval_template: str | None = None  # prompt template at evaluation (default: the training one)
+    model: str | None = None
+
+
+@dataclass
+class Recipe:
+    name: str
+    path: Path
+    model: str
+    template: str
+    seeds: list[int]
+    train: dict[str, Any]
+    tasks: list[str]
+    limit: int | None
+    batch_size: int
+    chat: str
+    num_fewshot: dict[str, int]
+    heldout: Source
+    heldout_limit: int | None
+    replicates: int
+    arms: dict[str, Arm]
+    baseline: str
+    raw: dict[str, Any]
+
+    def train_config(self, arm: Arm, seed: int, data: str, out: str) -> TrainConfig:
+        values = {**self.train, **arm.train_overrides}
+        return TrainConfig(**values, data=[data], out=out, model=arm.model or self.model,
+                           template=arm.template or self.template, seed=seed, resume=True)  # fmt: skip
+
+    def eval_template(self, arm: Arm) -> str:
+        return arm.eval_template or arm.template or self.template
+
+
+def _merge(base: dict, override: dict) -> dict:
+    out = copy.deepcopy(base)
+    for key, value in override.items():
+        out[key] = _merge(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
+    return out
+
+
+def _mapping(value: Any, where: str) -> dict[str, Any]:
+    if not isinstance(value, dict):
+        raise RecipeError(f"{where}: expected a mapping, got {type(value).__name__}")
+    return value
+
+
+def _unknown(keys: Any, allowed: set[str], where: str) -> None:
+    for key in keys:
+        if key not in allowed:
+            name = f"{where} {key}" if where.endswith(":") else f"{where}.{key}"
+            raise RecipeError(f"{name}: unknown key; allowed: {', '.join(sorted(allowed))}")
+
+
+def _train_values(values: dict[str, Any], where: str) -> dict[str, Any]:
+    out = {}
+    fields = {f.name for f in dataclasses.fields(TrainConfig)} - RUN_OWNED
+    for key, value in _mapping(values, where).items():
+        name = TRAIN_ALIASES.get(key, key.replace("-", "_"))
+        if name not in fields:
+            raise RecipeError(f"{where}.{key}: unknown training setting; allowed: {', '.join(sorted(fields))}")
+        out[name] = value
+    try:  # let the trainer's own checks name a bad value now, before any work
+        TrainConfig.from_dict(out, where)
+    except ConfigError as exc:
+        raise RecipeError(str(exc)) from None
+    return out
+
+
+def check_step(name: str, options: dict[str, Any], where: str) -> None:
+    """Build the step's settings object now, so a bad option fails before any work."""
+    from evals.steps import settings_for
+
+    try:
+        settings_for(name, options)
+    except (TypeError, ValueError) as exc:
+        raise RecipeError(f"{where}: {exc}") from None
+
+
+def load(path: str | Path, profile: str | None = None) -> Recipe:
+    path = Path(path)
+    if not path.is_file():
+        raise RecipeError(f"{path}: no such recipe file")
+    try:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as exc:
+        raise RecipeError(f"{path}: not valid YAML: {exc}") from None
+    raw = _mapping(raw, str(path))
+    _unknown(raw, TOP_KEYS, f"{path}:")
+    if profile:
+        profiles = {"tiny": TINY, **(raw.get("profiles") or {})}
+        if profile not in profiles:
+            raise RecipeError(f"{path}: profiles.{profile}: no such profile; profiles: {', '.join(profiles)}")
+        override = copy.deepcopy(profiles[profile])
+        if override.get("seeds") == "first":
+            override["seeds"] = (raw.get("seeds") or [0])[:1]
+        raw = _merge(raw, override)
+    where = str(path)
+    for key in ("name", "arms", "baseline"):
+        if key not in raw:
+            raise RecipeError(f"{where}: missing key {key!r}")
+    seeds = raw.get("seeds", [0])
+    if not isinstance(seeds, list) or not seeds or not all(isinstance(s, int) for s in seeds):
+        raise RecipeError(f"{where}: seeds: expected a list of integers, got {seeds!r}")
+    train = _train_values(raw.get("train") or {}, f"{where}: train")
+    ev = _mapping(raw.get("eval") or {}, f"{where}: eval")
+    _unknown(ev, EVAL_KEYS, f"{where}: eval")
+    tasks = ev.get("tasks", [HELDOUT])
+    if not isinstance(tasks, list) or not tasks:
+        raise RecipeError(f"{where}: eval.tasks: expected a list of task names")
+    for i, task in enumerate(tasks):
+        try:
+            check_name(str(task))
+        except TaskError as exc:
+            raise RecipeError(f"{where}: eval.tasks[{i}]: {exc}") from None
+    if ev.get("chat", "auto") not in ("auto", "always", "never"):
+        raise RecipeError(f"{where}: eval.chat: expected auto, always or never")
+    heldout = _mapping(ev.get("heldout") or {}, f"{where}: eval.heldout")
+    _unknown(heldout, HELDOUT_KEYS, f"{where}: eval.heldout")
+    heldout_source = Source(path.parent / heldout["path"] if "path" in heldout else DEFAULT_HELDOUT)
+    if not heldout_source.path.is_file():
+        raise RecipeError(f"{where}: eval.heldout.path: {heldout_source.path} does not exist")
+
+    arms: dict[str, Arm] = {}
+    for name, spec in _mapping(raw["arms"], f"{where}: arms").items():
+        arms[name] = _arm(str(name), spec, f"{where}: arms.{name}", path.parent, train)
+    if not arms:
+        raise RecipeError(f"{where}: arms: no arm")
+    if raw["baseline"] not in arms:
+        raise RecipeError(f"{where}: baseline: {raw['baseline']!r} is not an arm; arms: {', '.join(arms)}")
+    return Recipe(
+        name=str(raw["name"]), path=path, model=str(raw.get("model", "smollm2-135m")),
+        template=str(raw.get("template", "tokenizer")), seeds=seeds, train=train, tasks=[str(t) for t in tasks],
+        limit=ev.get("limit"), batch_size=int(ev.get("batch_size", 16)), chat=ev.get("chat", "auto"),
+        num_fewshot=dict(ev.get("num_fewshot") or {}), heldout=heldout_source, heldout_limit=heldout.get("limit", ev.get("limit")),
+        replicates=int(ev.get("replicates", 2000)), arms=arms, baseline=str(raw["baseline"]), raw=raw,
+    )  # fmt: skip
+
+
+def _arm(name: str, spec: Any, where: str, root: Path, train: dict[str, Any]) -> Arm:
+    spec = _mapping(spec or {}, where)
+    _unknown(spec, ARM_KEYS, where)
+    arm = Arm(name, template=spec.get("template"), eval_template=spec.get("eval_template"), model=spec.get("model"))
+    if spec.get("train", True) is False:
+        arm.train = False
+    elif isinstance(spec.get("train"), dict):
+        arm.train_overrides = _train_values(spec["train"], f"{where}.train")
+    for key in ("template", "eval_template"):
+        if spec.get(key) is not None:
+            from train.templates import TEMPLATES
+
+            if spec[key] not in TEMPLATES:
+                raise RecipeError(f"{where}.{key}: {spec[key]!r} is not a template; templates: {', '.join(TEMPLATES)}")
+    sources = spec.get("data") or []
+    if arm.train and not sources:
+        raise RecipeError(f"{where}.data: a trained arm needs data (or set train: false)")
+    if not isinstance(sources, list):
+        raise RecipeError(f"{where}.data: expected a list of sources")
+    for i, source in enumerate(sources):
+        source = _mapping(source, f"{where}.data[{i}]")
+        _unknown(source, SOURCE_KEYS, f"{where}.data[{i}]")
+        if "path" not in source:
+            raise RecipeError(f"{where}.data[{i}]: missing key 'path'")
+        file = root / source["path"]
+        if not file.is_file():
+            raise RecipeError(f"{where}.data[{i}].path: {file} does not exist")
+        weight = source.get("weight", 1.0)
+        if not isinstance(weight, (int, float)) or weight <= 0:
+            raise RecipeError(f"{where}.data[{i}].weight: expected a positive number, got {weight!r}")
+        arm.sources.append(Source(file, float(weight), source.get("format")))
+    for i, step in enumerate(spec.get("steps") or []):
+        if not isinstance(step, dict) or len(step) != 1:
+            raise RecipeError(f"{where}.steps[{i}]: expected one operation, like {{dedupe: {{method: minhash}}}}")
+        ((op, options),) = step.items()
+        if op not in STEP_NAMES:
+            raise RecipeError(f"{where}.steps[{i}].{op}: unknown step; steps: {', '.join(STEP_NAMES)}")
+        options = _mapping(options or {}, f"{where}.steps[{i}].{op}")
+        check_step(op, options, f"{where}.steps[{i}].{op}")
+        arm.steps.append((op, options))
+    return arm

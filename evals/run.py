@@ -1,0 +1,302 @@
+"""``evals run``: build each arm's data, train each arm per seed, score everything, report.
+
+Every artifact lives in the run folder's cache under a key that hashes all its inputs (data
+files' bytes, step options, training settings, base model, task, limit...): a re-run does only
+what changed, and a killed run resumes (training continues from its last checkpoint, lm-eval
+from its per-model request cache).
+
+    cache/data/<key>.jsonl         an arm's data after each step (canonical JSONL)
+    cache/train/<key>/             a trained adapter, its loss log and checkpoints
+    cache/eval/<key>.json          one model's per-item results on one task
+    items/<arm>/<run>/<task>.jsonl the per-item results the report is computed from
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import shutil
+import sys
+import time
+from dataclasses import dataclass, field
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+import xxhash
+
+from evals.recipe import Arm, Recipe, load
+from evals.report import build as build_report
+from evals.tasks import HELDOUT, TASKS
+
+VERSION = "1"  # bump when a change to the code makes cached artifacts wrong
+
+
+def digest(*parts: Any) -> str:
+    return xxhash.xxh3_128(json.dumps([VERSION, *parts], sort_keys=True, default=str).encode()).hexdigest()[:20]
+
+
+def file_digest(path: Path) -> str:
+    h = xxhash.xxh3_128()
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 20):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def write_json(path: Path, value: Any) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(value, indent=1))
+    os.replace(tmp, path)
+
+
+@dataclass
+class Job:
+    stage: str  # data | heldout | train | eval
+    arm: str
+    run: str  # "seed-0", or "untrained"
+    key: str
+    detail: str
+    done: bool
+    action: Any = field(repr=False, default=None)
+
+
+class Plan:
+    """The jobs of a recipe with their cache keys, in the order they run."""
+
+    def __init__(self, recipe: Recipe, run_dir: Path) -> None:
+        self.recipe, self.run_dir, self.cache = recipe, run_dir, run_dir / "cache"
+        self.jobs: list[Job] = []
+        self._keys: set[str] = set()
+        self.data_file: dict[str, Path] = {}  # arm -> its final data
+        self.data_key: dict[str, str] = {}  # arm -> the cache key of that data
+        self.model_of: dict[tuple[str, str], tuple[str, str | None, str]] = {}  # (arm, run) -> model, adapter, key
+        self.runs: dict[str, list[str]] = {}
+        self.eval_files: dict[tuple[str, str, str], Path] = {}
+        self._build()
+
+    def _build(self) -> None:
+        r = self.recipe
+        for arm in r.arms.values():
+            if arm.train:
+                self._data_jobs(arm)
+        trained_data = sorted({str(self.data_file[a]) for a in self.data_file})
+        self.heldout_key = digest("heldout", file_digest(r.heldout.path), r.heldout_limit, trained_data)
+        self.heldout_file = self.cache / "heldout" / f"{self.heldout_key}.json"
+        if HELDOUT in r.tasks:
+            self._add(Job("heldout", "-", "-", self.heldout_key, "check held-out set against training data",
+                                 self.heldout_file.exists(), self._heldout))  # fmt: skip
+        for arm in r.arms.values():
+            model = arm.model or r.model
+            if not arm.train:
+                self.runs[arm.name] = ["untrained"]
+                self.model_of[(arm.name, "untrained")] = (model, None, digest("model", model))
+                continue
+            self.runs[arm.name] = [f"seed-{s}" for s in r.seeds]
+            for seed in r.seeds:
+                config = r.train_config(arm, seed, str(self.data_file[arm.name]), "")
+                settings = {k: v for k, v in config.to_dict().items() if k not in ("data", "out", "resume", "threads")}
+                key = digest("train", self.data_key[arm.name], settings)
+                out = self.cache / "train" / key
+                self.model_of[(arm.name, f"seed-{seed}")] = (model, str(out / "adapter"), key)
+                self._add(Job("train", arm.name, f"seed-{seed}", key,
+                                     f"{config.method} {config.max_steps or config.epochs} "
+                                     f"{'steps' if config.max_steps else 'epochs'}",
+                                     (out / "train_result.json").exists(),
+                                     lambda c=config, o=out: self._train(c, o)))  # fmt: skip
+        for arm in r.arms.values():
+            for run in self.runs[arm.name]:
+                model, adapter, model_key = self.model_of[(arm.name, run)]
+                for task in r.tasks:
+                    settings = [model_key, r.eval_template(arm), task, r.limit, r.chat, r.num_fewshot.get(task)]
+                    if task == HELDOUT:
+                        settings.append(self.heldout_key)
+                    elif task in TASKS:
+                        settings += [file_digest(Path(__file__).parent / "tasks" / "data" / f)
+                                     for f in TASKS[task].files.values()]  # fmt: skip
+                    key = digest("eval", *settings)
+                    path = self.cache / "eval" / f"{key}.json"
+                    self.eval_files[(arm.name, run, task)] = path
+                    self._add(Job("eval", arm.name, run, key, task, path.exists(),
+                                         lambda a=arm, m=model, ad=adapter, mk=model_key, t=task, p=path:
+                                         self._eval(a, m, ad, mk, t, p)))  # fmt: skip
+
+    def _add(self, job: Job) -> None:
+        if job.key not in self._keys:  # arms that share a prefix of work share its jobs
+            self._keys.add(job.key)
+            self.jobs.append(job)
+
+    def _data_jobs(self, arm: Arm) -> None:
+        sources = [(file_digest(s.path), s.weight, s.format) for s in arm.sources]
+        key = digest("mix", sources)
+        path = self.cache / "data" / f"{key}.jsonl"
+        self._add(Job("data", arm.name, "-", key, f"mix {len(sources)} source(s)", path.exists(),
+                             lambda a=arm, p=path: self._mix(a, p)))  # fmt: skip
+        for i, (op, options) in enumerate(arm.steps):
+            key = digest("step", key, op, options)
+            step_path = self.cache / "data" / f"{key}.jsonl"
+            self._add(Job("data", arm.name, "-", key, f"step {i + 1}: {op}", step_path.exists(),
+                                 lambda o=op, opts=options, src=path, dst=step_path: self._step(o, opts, src, dst)))  # fmt: skip
+            path = step_path
+        self.data_file[arm.name] = path
+        self.data_key[arm.name] = key
+
+    # --- the work of each job ---
+
+    def _mix(self, arm: Arm, path: Path) -> None:
+        from evals.steps import mix
+
+        summary = mix(arm.sources, path)
+        write_json(path.with_suffix(".summary.json"), summary)
+
+    def _step(self, op: str, options: dict, source: Path, dest: Path) -> None:
+        from evals.steps import apply
+
+        summary = apply(op, options, source, dest)
+        write_json(dest.with_suffix(".summary.json"), summary)
+
+    def _heldout(self) -> None:
+        from datakit.convert import read_records
+        from evals.heldout import decontaminate
+
+        records = list(read_records(self.recipe.heldout.path))[: self.recipe.heldout_limit]
+        files = sorted(set(self.data_file.values()))
+        keep, removed = decontaminate(records, files, self.cache / "heldout" / self.heldout_key)
+        write_json(self.heldout_file, {"records": len(records), "kept": keep, "removed": removed})
+
+    def _train(self, config, out: Path) -> None:
+        from train import fit
+
+        config.out = str(out)
+        fit(config, progress=True)
+
+    def _eval(self, arm: Arm, model: str, adapter: str | None, model_key: str, task: str, path: Path) -> None:
+        from datakit.models import resolve_llm
+
+        started = time.perf_counter()
+        model_path = resolve_llm(model)
+        template = self.recipe.eval_template(arm)
+        if task == HELDOUT:
+            from datakit.convert import read_records
+            from evals.heldout import score
+
+            held = json.loads(self.heldout_file.read_text())
+            records = list(read_records(self.recipe.heldout.path))[: self.recipe.heldout_limit]
+            kept = [records[i] for i in held["kept"]]
+            items = [(held["kept"][i], loss, n) for i, loss, n in score(model_path, adapter, template, kept)]
+            value = sum(x[1] for x in items) / max(1.0, sum(x[2] for x in items))
+            result = {"task": task, "metric": "loss", "value": value, "items": items}
+        else:
+            from evals.lm import evaluate
+            from evals.tasks import materialize
+
+            task_dir = materialize(self.cache / "tasks", self.cache / "hf" / "datasets")
+            out = evaluate(model_path, adapter, template, [task], task_dir=task_dir,
+                           cache_prefix=self.cache / "lmeval" / model_key / "requests", limit=self.recipe.limit,
+                           batch_size=self.recipe.batch_size, chat=self.recipe.chat,
+                           num_fewshot=self.recipe.num_fewshot)[task]  # fmt: skip
+            items = [(doc, value, 1.0) for doc, value in out["items"]]
+            result = {"task": task, "metric": out["metric"], "value": out["value"], "items": items}
+        result["seconds"] = round(time.perf_counter() - started, 2)
+        write_json(path, result)
+
+
+def describe(plan: Plan) -> str:
+    lines = [f"recipe {plan.recipe.name}: {len(plan.recipe.arms)} arms, seeds {plan.recipe.seeds}, "
+             f"tasks {', '.join(plan.recipe.tasks)}; run folder {plan.run_dir}"]  # fmt: skip
+    for job in plan.jobs:
+        state = "cached" if job.done else "to do"
+        lines.append(f"  {state:<7} {job.stage:<8} {job.arm:<16} {job.run:<11} {job.detail}  [{job.key}]")
+    todo = sum(not j.done for j in plan.jobs)
+    lines.append(f"{todo} of {len(plan.jobs)} jobs to do")
+    return "\n".join(lines)
+
+
+def versions() -> dict[str, str]:
+    out = {"python": platform.python_version()}
+    for name in ("datakit", "torch", "transformers", "peft", "lm_eval", "datasets", "polars", "numpy"):
+        try:
+            out[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            continue
+    return out
+
+
+def run(recipe_path: str | Path, out: str | Path | None = None, profile: str | None = None, dry_run: bool = False,
+        log=None) -> Path:  # fmt: skip
+    """Run a recipe (or with ``dry_run`` only print its plan); returns the run folder."""
+    log = log or (lambda line: print(line, file=sys.stderr, flush=True))
+    recipe = load(recipe_path, profile)
+    run_dir = Path(out) if out else Path(recipe.name + (f"-{profile}" if profile else ""))
+    plan = Plan(recipe, run_dir)
+    log(describe(plan))
+    if dry_run:
+        return run_dir
+    run_dir.mkdir(parents=True, exist_ok=True)
+    from evals.lm import hf_home
+
+    hf_home(plan.cache / "hf")
+    todo = [j for j in plan.jobs if not j.done]
+    started = time.perf_counter()
+    spent: dict[str, list[float]] = {}
+    for n, job in enumerate(todo, start=1):
+        elapsed = time.perf_counter() - started
+        eta = sum(_guess(j, recipe, spent) for j in todo[n - 1 :])
+        log(
+            f"[{n}/{len(todo)}] {job.stage} {job.arm} {job.run} {job.detail}  ({elapsed:,.0f}s elapsed, ETA {eta:,.0f}s)"
+        )
+        job_started = time.perf_counter()
+        job.action()
+        seconds = time.perf_counter() - job_started
+        spent.setdefault(job.stage, []).append(seconds)
+        write_json(plan.cache / "timings" / f"{job.key}.json", {"stage": job.stage, "seconds": round(seconds, 2)})
+    collect(plan, recipe)
+    build_report(run_dir)
+    log(f"done in {time.perf_counter() - started:,.0f}s: {run_dir / 'results.md'}")
+    return run_dir
+
+
+def _guess(job: Job, recipe: Recipe, spent: dict[str, list[float]]) -> float:
+    """Seconds a job will take: the mean of its stage so far, else a rough prior from this CPU."""
+    if spent.get(job.stage):
+        return sum(spent[job.stage]) / len(spent[job.stage])
+    if job.stage == "train":
+        t = recipe.train
+        return (t.get("max_steps") or 100) * t.get("batch_size", 8) * t.get("max_length", 256) * 0.6 / 180
+    if job.stage == "eval":
+        return 0.3 * (recipe.limit or 500)
+    return 5.0
+
+
+def collect(plan: Plan, recipe: Recipe) -> None:
+    """Copy the per-item results and loss logs into the run folder, with what the report needs."""
+    run_dir = plan.run_dir
+    shutil.copyfile(recipe.path, run_dir / "recipe.yaml")
+    import yaml
+
+    (run_dir / "recipe.resolved.yaml").write_text(yaml.safe_dump(recipe.raw, sort_keys=False))
+    metrics, timings = {}, []
+    for (arm, run, task), path in plan.eval_files.items():
+        result = json.loads(path.read_text())
+        metrics[task] = result["metric"]
+        dest = run_dir / "items" / arm / run / f"{task}.jsonl"
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        dest.write_text("".join(json.dumps({"item": i, "num": a, "den": b}) + "\n" for i, a, b in result["items"]))
+    for (arm, run), (_, adapter, _) in plan.model_of.items():
+        if adapter:
+            log_path = Path(adapter).parent / "loss.jsonl"
+            (run_dir / "loss").mkdir(exist_ok=True)
+            shutil.copyfile(log_path, run_dir / "loss" / f"{arm}.{run}.jsonl")
+    for job in plan.jobs:
+        timing = plan.cache / "timings" / f"{job.key}.json"
+        seconds = json.loads(timing.read_text())["seconds"] if timing.exists() else None
+        timings.append({"stage": job.stage, "arm": job.arm, "run": job.run, "detail": job.detail, "seconds": seconds})
+    heldout = json.loads(plan.heldout_file.read_text()) if plan.heldout_file.exists() else None
+    write_json(run_dir / "run.json", {
+        "recipe": recipe.name, "baseline": recipe.baseline, "arms": list(recipe.arms), "runs": plan.runs,
+        "tasks": recipe.tasks, "metrics": metrics, "replicates": recipe.replicates, "seeds": recipe.seeds,
+        "heldout": None if heldout is None else {"records": heldout["records"], "removed": heldout["removed"]},
+        "timings": timings, "versions": versions(), "model": recipe.model, "template": recipe.template,
+    })  # fmt: skip

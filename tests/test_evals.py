@@ -1,0 +1,184 @@
+"""evals: a tiny recipe end to end on CPU, its cache, recipe errors, the shipped tasks and the statistics."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+
+import datakit
+from evals.recipe import RecipeError, load
+from evals.stats import estimate, paired_delta
+from evals.tasks import DATA, TASKS, materialize
+
+ROOT = Path(__file__).resolve().parents[1]
+SAMPLE = ROOT / "datakit" / "data" / "alpaca_sample.json"
+
+
+def tiny_recipe(folder: Path, **changes) -> Path:
+    records = list(datakit.read_records(SAMPLE))[:12]
+    datakit.write_records(records, folder / "sample.jsonl", to="sharegpt")
+    recipe = {
+        "name": "tiny",
+        "model": "smollm2-135m",
+        "template": "chatml",
+        "seeds": [0],
+        "train": {"max_steps": 3, "batch_size": 2, "max_length": 96, "lr": 1.0e-3, "dtype": "fp32"},
+        "eval": {"tasks": ["heldout_loss", "arc_easy"], "limit": 6, "batch_size": 8},
+        "arms": {"base": {"train": False}, "all": {"data": [{"path": "sample.jsonl"}]}},
+        "baseline": "base",
+    }
+    recipe.update(changes)
+    path = folder / "recipe.yaml"
+    path.write_text(yaml.safe_dump(recipe))
+    return path
+
+
+def evals_cli(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "evals.cli", *args], capture_output=True, text=True)
+
+
+def items(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+def test_tiny_recipe_end_to_end_then_from_cache(tmp_path: Path) -> None:
+    recipe = tiny_recipe(tmp_path)
+    run_dir = tmp_path / "run"
+    first = evals_cli("run", str(recipe), "--out", str(run_dir))
+    assert first.returncode == 0, first.stderr[-3000:]
+    results = json.loads((run_dir / "results.json").read_text())
+    md = (run_dir / "results.md").read_text()
+    for arm, run in (("base", "untrained"), ("all", "seed-0")):
+        for task in ("heldout_loss", "arc_easy"):
+            rows = items(run_dir / "items" / arm / run / f"{task}.jsonl")
+            mean = sum(r["num"] for r in rows) / sum(r["den"] for r in rows)
+            assert results["arms"][arm][task]["estimate"]["mean"] == pytest.approx(mean)
+            assert f"{mean:.3f}" in md
+    arc = items(run_dir / "items" / "all" / "seed-0" / "arc_easy.jsonl")
+    assert len(arc) == 6 and {r["num"] for r in arc} <= {0.0, 1.0}
+    # the per-item mean is lm-eval's own aggregate for that model
+    cached = [json.loads(p.read_text()) for p in (run_dir / "cache" / "eval").glob("*.json")]
+    lm_eval_values = sorted(c["value"] for c in cached if c["task"] == "arc_easy")
+    assert results["arms"]["all"]["arc_easy"]["estimate"]["mean"] in [pytest.approx(v) for v in lm_eval_values]
+    # the difference is paired: arm minus baseline over the same items
+    base = items(run_dir / "items" / "base" / "untrained" / "heldout_loss.jsonl")
+    trained = items(run_dir / "items" / "all" / "seed-0" / "heldout_loss.jsonl")
+    assert [r["item"] for r in base] == [r["item"] for r in trained]
+    delta = results["arms"]["all"]["heldout_loss"]["delta"]
+    expected = sum(r["num"] for r in trained) / sum(r["den"] for r in trained) - sum(r["num"] for r in base) / sum(
+        r["den"] for r in base
+    )
+    assert delta["mean"] == pytest.approx(expected)
+    assert delta["low"] <= delta["mean"] <= delta["high"]
+    assert (run_dir / "deltas.png").stat().st_size > 0 and (run_dir / "loss.png").stat().st_size > 0
+    assert (run_dir / "recipe.yaml").read_text() == recipe.read_text()
+
+    adapter = next((run_dir / "cache" / "train").glob("*/adapter/adapter_model.safetensors"))
+    trained_at = adapter.stat().st_mtime_ns
+    second = evals_cli("run", str(recipe), "--out", str(run_dir))
+    assert second.returncode == 0, second.stderr[-3000:]
+    assert "0 of " in second.stderr and "[1/" not in second.stderr  # nothing was redone
+    assert adapter.stat().st_mtime_ns == trained_at
+    assert json.loads((run_dir / "results.json").read_text())["arms"] == results["arms"]
+
+    # a change to the evaluation only: training stays cached
+    changed = tiny_recipe(tmp_path, eval={"tasks": ["heldout_loss", "arc_easy"], "limit": 7, "batch_size": 8})
+    plan = evals_cli("run", str(changed), "--out", str(run_dir), "--dry-run")
+    train_lines = [line for line in plan.stderr.splitlines() if " train " in line]
+    eval_lines = [line for line in plan.stderr.splitlines() if " eval " in line]
+    assert train_lines and all(line.strip().startswith("cached") for line in train_lines)
+    assert any(line.strip().startswith("to do") for line in eval_lines)
+
+    rebuilt = evals_cli("report", str(run_dir))
+    assert rebuilt.returncode == 0 and "| all |" in rebuilt.stdout
+
+
+@pytest.mark.parametrize(
+    ("change", "named"),
+    [
+        ({"arms": {"all": {"data": [{"path": "sample.jsonl"}], "steps": [{"dedupe": {"methd": "minhash"}}]}}},
+         "arms.all.steps[0].dedupe"),
+        ({"arms": {"all": {"data": [{"path": "missing.jsonl"}]}}}, "missing.jsonl"),
+        ({"arms": {"all": {"data": [{"path": "sample.jsonl"}], "lr": 1}}}, "arms.all.lr"),
+        ({"train": {"rank": 8}}, "train.rank"),
+        ({"eval": {"tasks": ["arc_easyy"]}}, "eval.tasks[0]"),
+        ({"baseline": "nope"}, "baseline"),
+        ({"seedz": [0]}, "seedz"),
+    ],
+)  # fmt: skip
+def test_a_bad_recipe_fails_before_any_work_naming_the_key(tmp_path: Path, change: dict, named: str) -> None:
+    recipe = tiny_recipe(tmp_path, **change)
+    with pytest.raises(RecipeError, match=named.replace("[", r"\[").replace("]", r"\]")):
+        load(recipe)
+    result = evals_cli("run", str(recipe), "--out", str(tmp_path / "run"))
+    assert result.returncode != 0 and named in result.stderr
+    assert not (tmp_path / "run").exists()
+
+
+def test_shipped_tasks_load_offline_with_lm_evals_prompts(tmp_path: Path) -> None:
+    from lm_eval.tasks import TaskManager, get_task_dict
+
+    folder = materialize(tmp_path / "tasks", tmp_path / "hf")
+    manager = TaskManager(include_path=str(folder))
+    tasks = get_task_dict([t.lm_eval_name for t in TASKS.values()], manager)
+    for task in TASKS.values():
+        lm_task = tasks[task.lm_eval_name]
+        docs = list(lm_task.eval_docs)
+        lines = (DATA / task.files["test"]).read_text(encoding="utf-8").count("\n")
+        assert len(docs) == lines, task.name
+        text = lm_task.doc_to_text(docs[0])
+        assert isinstance(text, (str, int)) and text != "", task.name
+    arc = tasks["datakit_arc_easy"]
+    first = next(iter(arc.eval_docs))
+    assert arc.doc_to_text(first) == f"Question: {first['question']}\nAnswer:"
+    assert arc.doc_to_choice(first) == first["choices"]["text"]
+    wino = tasks["datakit_winogrande"]
+    doc = next(iter(wino.eval_docs))
+    contexts = wino.doc_to_choice(doc)
+    assert contexts[0].endswith(doc["option1"]) and contexts[1].endswith(doc["option2"])
+
+
+def test_ifeval_metric_runs_offline_with_the_shipped_punkt() -> None:
+    import nltk
+
+    from evals.lm import use_shipped_punkt
+
+    use_shipped_punkt()
+    assert nltk.sent_tokenize("He paid $3.50 for it. Then he left. Did he return?") == [
+        "He paid $3.50 for it.", "Then he left.", "Did he return?",
+    ]  # fmt: skip
+    from lm_eval.tasks.ifeval.utils import process_results
+
+    doc = {"key": 1, "prompt": "Answer in lowercase in at least 2 sentences.",
+           "instruction_id_list": ["change_case:english_lowercase", "length_constraints:number_sentences"],
+           "kwargs": [{}, {"relation": "at least", "num_sentences": 2}]}  # fmt: skip
+    assert process_results(doc, ["this is fine. it has two sentences."])["prompt_level_strict_acc"] is True
+    assert process_results(doc, ["This Is Not lowercase."])["prompt_level_strict_acc"] is False
+
+
+def test_paired_bootstrap_finds_real_differences_and_not_noise() -> None:
+    rng = np.random.default_rng(1)
+    base = (rng.random((1, 400)) < 0.5).astype(float)
+    ones = np.ones_like(base)
+    better = base.copy()
+    better[0, rng.choice(np.flatnonzero(base[0] == 0), 40, replace=False)] = 1.0  # 40 items fixed, 0 broken
+    same = paired_delta(base, ones, base, ones)
+    assert same.mean == 0 and not same.significant
+    real = paired_delta(better, ones, base, ones)
+    assert real.mean == pytest.approx(0.1) and real.significant and real.low > 0
+    # a re-shuffle of which items are right, at the same accuracy: no real difference
+    shuffled = base[:, rng.permutation(400)]
+    noise = paired_delta(shuffled, ones, base, ones)
+    assert not noise.significant
+    # with seeds, the interval widens by the spread between runs
+    seeds = np.stack([base[0], better[0], base[0], better[0]])
+    one = estimate(base, ones)
+    several = estimate(seeds, np.ones_like(seeds))
+    assert several.mean == pytest.approx((base.mean() + better.mean()) / 2)
+    assert several.high - several.low > one.high - one.low
