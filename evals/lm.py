@@ -59,7 +59,8 @@ def lm_eval_task_name(name: str) -> str:
 
 def evaluate(model_path: str, adapter: str | None, template: str, tasks: list[str], *, task_dir: Path,
              cache_prefix: Path, limit: int | None, batch_size: int = 16, chat: str = "auto",
-             num_fewshot: dict[str, int] | None = None) -> dict[str, dict[str, Any]]:  # fmt: skip
+             num_fewshot: dict[str, int] | None = None,
+             max_gen_toks: int | None = None) -> dict[str, dict[str, Any]]:  # fmt: skip
     """{task: {"value": score, "metric": name, "items": [(doc_id, value)]}} for lm-eval tasks."""
     import lm_eval
     from lm_eval.tasks import TaskManager
@@ -84,6 +85,7 @@ def evaluate(model_path: str, adapter: str | None, template: str, tasks: list[st
                 model=model, tasks=[lm_eval_task_name(name)], task_manager=manager, limit=limit, log_samples=True,
                 use_cache=str(cache_prefix), apply_chat_template=templated, num_fewshot=fewshot, bootstrap_iters=0,
                 random_seed=0, numpy_random_seed=0, torch_random_seed=0, fewshot_random_seed=0,
+                gen_kwargs={"max_gen_toks": max_gen_toks} if max_gen_toks else None,
             )  # fmt: skip
             out[name] = _items(name, results)
     return out

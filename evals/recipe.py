@@ -32,7 +32,7 @@ from train.config import ConfigError, TrainConfig
 TOP_KEYS = {"name", "model", "template", "seeds", "train", "eval", "arms", "baseline", "profiles", "description"}
 ARM_KEYS = {"data", "steps", "train", "template", "eval_template", "model"}
 SOURCE_KEYS = {"path", "weight", "format"}
-EVAL_KEYS = {"tasks", "limit", "batch_size", "chat", "num_fewshot", "heldout", "replicates"}
+EVAL_KEYS = {"tasks", "limit", "batch_size", "chat", "num_fewshot", "heldout", "replicates", "max_gen_toks"}
 HELDOUT_KEYS = {"path", "limit"}
 # recipe train keys -> TrainConfig fields (the short LoRA names of the issue, and the CLI's)
 TRAIN_ALIASES = {"r": "lora_r", "alpha": "lora_alpha", "dropout": "lora_dropout"}
@@ -41,7 +41,11 @@ STEP_NAMES = ("dedupe", "filter", "select", "synth")
 DEFAULT_HELDOUT = Path(__file__).resolve().parent / "data" / "heldout.jsonl"
 
 # --profile tiny: the same recipe, small enough to try on a laptop CPU in minutes
-TINY = {"seeds": "first", "train": {"max_steps": 6, "batch_size": 2, "max_length": 128}, "eval": {"limit": 20}}
+TINY = {
+    "seeds": "first",
+    "train": {"max_steps": 6, "batch_size": 2, "max_length": 128},
+    "eval": {"limit": 20, "max_gen_toks": 64},
+}
 
 
 class RecipeError(ValueError):
@@ -83,6 +87,7 @@ class Recipe:
     heldout: Source
     heldout_limit: int | None
     replicates: int
+    max_gen_toks: int | None
     arms: dict[str, Arm]
     baseline: str
     raw: dict[str, Any]
@@ -197,7 +202,8 @@ def load(path: str | Path, profile: str | None = None) -> Recipe:
         template=str(raw.get("template", "tokenizer")), seeds=seeds, train=train, tasks=[str(t) for t in tasks],
         limit=ev.get("limit"), batch_size=int(ev.get("batch_size", 16)), chat=ev.get("chat", "auto"),
         num_fewshot=dict(ev.get("num_fewshot") or {}), heldout=heldout_source, heldout_limit=heldout.get("limit", ev.get("limit")),
-        replicates=int(ev.get("replicates", 2000)), arms=arms, baseline=str(raw["baseline"]), raw=raw,
+        replicates=int(ev.get("replicates", 2000)),
+        max_gen_toks=ev.get("max_gen_toks"), arms=arms, baseline=str(raw["baseline"]), raw=raw,
     )  # fmt: skip
 
 

@@ -45,10 +45,20 @@ def file_digest(path: Path) -> str:
     return h.hexdigest()
 
 
+def _jsonable(value: Any) -> Any:
+    """Step summaries may key counts by tuples (a filter's rule pairs): JSON wants string keys."""
+    if isinstance(value, dict):
+        return {k if isinstance(k, str) else "|".join(map(str, k)) if isinstance(k, tuple) else str(k): _jsonable(v)
+                for k, v in value.items()}  # fmt: skip
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(v) for v in value]
+    return value
+
+
 def write_json(path: Path, value: Any) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(value, indent=1))
+    tmp.write_text(json.dumps(_jsonable(value), indent=1, default=str))
     os.replace(tmp, path)
 
 
@@ -110,7 +120,15 @@ class Plan:
             for run in self.runs[arm.name]:
                 model, adapter, model_key = self.model_of[(arm.name, run)]
                 for task in r.tasks:
-                    settings = [model_key, r.eval_template(arm), task, r.limit, r.chat, r.num_fewshot.get(task)]
+                    settings = [
+                        model_key,
+                        r.eval_template(arm),
+                        task,
+                        r.limit,
+                        r.chat,
+                        r.num_fewshot.get(task),
+                        r.max_gen_toks,
+                    ]
                     if task == HELDOUT:
                         settings.append(self.heldout_key)
                     elif task in TASKS:
@@ -196,7 +214,7 @@ class Plan:
             out = evaluate(model_path, adapter, template, [task], task_dir=task_dir,
                            cache_prefix=self.cache / "lmeval" / model_key / "requests", limit=self.recipe.limit,
                            batch_size=self.recipe.batch_size, chat=self.recipe.chat,
-                           num_fewshot=self.recipe.num_fewshot)[task]  # fmt: skip
+                           num_fewshot=self.recipe.num_fewshot, max_gen_toks=self.recipe.max_gen_toks)[task]  # fmt: skip
             items = [(doc, value, 1.0) for doc, value in out["items"]]
             result = {"task": task, "metric": out["metric"], "value": out["value"], "items": items}
         result["seconds"] = round(time.perf_counter() - started, 2)
