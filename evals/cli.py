@@ -19,11 +19,15 @@ def main() -> None:
 @click.option("--profile", default=None, help="Apply a profile of the recipe (tiny: a few steps and items).")
 def run_command(recipe, out, dry_run, profile) -> None:
     """Build, train and score every arm of RECIPE, then write results.md in the run folder."""
+    from datakit.convert import ConversionError
+    from datakit.formats import FormatError
+    from datakit.io import InputError
     from evals.run import run
+    from train import ConfigError, TrainError
 
     try:
         run(recipe, out=out, profile=profile, dry_run=dry_run)
-    except RecipeError as exc:
+    except (RecipeError, ConversionError, FormatError, InputError, ConfigError, TrainError) as exc:
         raise click.ClickException(str(exc)) from None
 
 

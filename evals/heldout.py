@@ -12,14 +12,15 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import orjson
 import torch
-import torch.nn.functional as F
 
 import datakit
 from datakit.convert import read_records
 from datakit.dedupe import Settings, dedupe
 from train.batches import collate
-from train.labels import IGNORE, tokenize
+from train.labels import tokenize
+from train.recipe import token_losses
 
 MAX_LENGTH = 1024
 
@@ -35,8 +36,6 @@ def decontaminate(heldout: list[dict[str, Any]], training_files: list[Path], wor
     clusters = workdir / "clusters.jsonl"
     dedupe(combined, workdir / "deduped.jsonl", settings=Settings(method="minhash"), clusters=clusters)
     n, seen = len(heldout), set()
-    import orjson
-
     for line in clusters.read_bytes().splitlines():
         cluster = orjson.loads(line)
         members = [cluster["kept_index"], *(r["index"] for r in cluster["removed"])]
@@ -59,8 +58,6 @@ def score(model_path: str, adapter: str | None, template: str, records: list[dic
 
         model = PeftModel.from_pretrained(model, adapter)
     model.eval()
-    causal_lm = model.get_base_model() if hasattr(model, "get_base_model") else model
-    decoder, head = causal_lm.get_decoder(), causal_lm.get_output_embeddings()
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     items = [(i, tokenize(r, tokenizer, template, max_length=MAX_LENGTH)) for i, r in enumerate(records)]
     items = [(i, ex) for i, ex in items if not isinstance(ex, str)]
@@ -70,12 +67,8 @@ def score(model_path: str, adapter: str | None, template: str, records: list[dic
         chunk = items[start : start + batch_size]
         examples = [ex for _, ex in chunk]
         batch = collate(examples, [[k] for k in range(len(examples))], pad, packing=False)
-        hidden = decoder(input_ids=batch.input_ids, attention_mask=batch.attention_mask).last_hidden_state
-        targets = batch.labels[:, 1:]
-        trained = targets != IGNORE
-        losses = F.cross_entropy(head(hidden[:, :-1][trained]).float(), targets[trained], reduction="none")
-        rows = trained.nonzero()[:, 0]
+        losses, rows = token_losses(model, batch, "cpu")
         per_row = torch.zeros(len(chunk)).index_add_(0, rows, losses)
-        counts = trained.sum(1)
+        counts = torch.bincount(rows, minlength=len(chunk))
         out += [(i, float(per_row[k]), float(counts[k])) for k, (i, _) in enumerate(chunk)]
     return sorted(out)

@@ -121,6 +121,15 @@ def test_a_bad_recipe_fails_before_any_work_naming_the_key(tmp_path: Path, chang
     assert not (tmp_path / "run").exists()
 
 
+def test_a_bad_data_row_stops_the_run_naming_file_and_line(tmp_path: Path) -> None:
+    recipe = tiny_recipe(tmp_path)
+    with open(tmp_path / "sample.jsonl", "a") as f:
+        f.write('{"conversations": "not a list"}\n')
+    result = evals_cli("run", str(recipe), "--out", str(tmp_path / "run"))
+    assert result.returncode != 0 and "Traceback" not in result.stderr
+    assert "sample.jsonl:13" in result.stderr
+
+
 def test_shipped_tasks_load_offline_with_lm_evals_prompts(tmp_path: Path) -> None:
     from lm_eval.tasks import TaskManager, get_task_dict
 

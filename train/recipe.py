@@ -147,8 +147,8 @@ def load_model(config: TrainConfig, path: str, device: str) -> torch.nn.Module:
     return get_peft_model(model, lora)
 
 
-def token_loss_sum(model: torch.nn.Module, batch: MicroBatch, device: str) -> torch.Tensor:
-    """Summed cross-entropy over the trained tokens; the head runs on those positions only."""
+def token_losses(model: torch.nn.Module, batch: MicroBatch, device: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """(cross-entropy of each trained token, the row it is in); the head runs on those positions only."""
     causal_lm = model.get_base_model() if hasattr(model, "get_base_model") else model
     decoder, head = causal_lm.get_decoder(), causal_lm.get_output_embeddings()
     hidden = decoder(
@@ -160,7 +160,12 @@ def token_loss_sum(model: torch.nn.Module, batch: MicroBatch, device: str) -> to
     targets = batch.labels[:, 1:].to(device)
     trained = targets != IGNORE
     logits = head(hidden[:, :-1][trained]).float()
-    return F.cross_entropy(logits, targets[trained], reduction="sum")
+    return F.cross_entropy(logits, targets[trained], reduction="none"), trained.nonzero()[:, 0]
+
+
+def token_loss_sum(model: torch.nn.Module, batch: MicroBatch, device: str) -> torch.Tensor:
+    """Summed cross-entropy over the trained tokens of a micro-batch."""
+    return token_losses(model, batch, device)[0].sum()
 
 
 def learning_rate(config: TrainConfig, step: int, total: int) -> float:
