@@ -5,7 +5,7 @@ function over it (``AlpacaDatasetConverter``: history pairs, then instruction an
 joined with "\\n"); here its output is written with ``Dataset.to_json``. datakit runs
 ``datakit convert --to sharegpt``. Each side runs in its own process; peak memory is the
 resident memory of that process and its workers together, sampled every 50 ms. Input: at
-least 500k records built from the Alpaca fixtures in ../shared/fixtures (each instruction
+least 500k records built from the Alpaca fixtures shipped in tests/fixtures (each instruction
 made unique by a counter).
 
     python benchmarks/convert_bench.py [--records 500000] [--workdir /tmp/datakit-bench] [--big-gb 1]
@@ -22,7 +22,7 @@ from pathlib import Path
 
 from _measure import run_side
 
-FIXTURES = Path(__file__).resolve().parents[2] / "shared" / "fixtures" / "formats"
+FIXTURES = Path(__file__).resolve().parents[1] / "tests" / "fixtures" / "formats"
 SOURCES = ["llama-factory/alpaca_en_demo.json", "llama-factory/alpaca_zh_demo.json", "llama-factory/identity.json"]
 
 

@@ -1,7 +1,10 @@
-"""Near-duplicate quality on a labelled set built from the real fixtures in ../shared/fixtures.
+"""Near-duplicate quality on a labelled set built from the real fixtures shipped in tests/fixtures.
 
 Originals: Alpaca records (LLaMA-Factory's alpaca_en_demo) and GSM8K train problems with
-their solutions. Each original gets copies made with two of these perturbations:
+their solutions (the first 500 of GSM8K train ship in tests/fixtures/bench; where a run asks
+for more GSM8K originals than that, the rest are shipped problems again with every number
+changed, as the hard negatives below are, so that each is a distinct problem). Each original
+gets copies made with two of these perturbations:
 
     typo1, typo3   1% / 3% of letters substituted, inserted or deleted
     reorder        the sentences of the response shuffled
@@ -41,7 +44,7 @@ from datakit.minhash import shingle_hashes
 from datakit.record import message, new_record, to_frame
 from datakit.text import record_text
 
-SHARED = Path(__file__).resolve().parents[2] / "shared" / "fixtures"
+FIXTURES = Path(__file__).resolve().parents[1] / "tests" / "fixtures"
 KINDS = ["typo1", "typo3", "reorder", "trunc30", "case_ws", "template"]
 COUNTRIES = ["France", "Germany", "Japan", "China", "India", "Brazil", "Canada", "Italy", "Spain", "Mexico",
              "Russia", "Australia", "Egypt", "Kenya", "Nigeria", "Argentina", "Chile", "Peru", "Sweden", "Norway",
@@ -52,8 +55,8 @@ COUNTRY = re.compile(r"\b(" + "|".join(COUNTRIES) + r")\b")
 
 def originals(n: int, rng: random.Random) -> list[tuple[str, str, str]]:
     """(source, prompt, response) pairs: half Alpaca, half GSM8K, exact duplicates dropped."""
-    alpaca = json.loads((SHARED / "formats/llama-factory/alpaca_en_demo.json").read_text())
-    gsm8k = [json.loads(line) for line in (SHARED / "bench/gsm8k/train.jsonl").read_text().splitlines()]
+    alpaca = json.loads((FIXTURES / "formats/llama-factory/alpaca_en_demo.json").read_text())
+    gsm8k = [json.loads(line) for line in (FIXTURES / "bench/gsm8k/train.jsonl").read_text().splitlines()]
     chosen = []
     seen = set()
     for row in alpaca:
@@ -62,7 +65,15 @@ def originals(n: int, rng: random.Random) -> list[tuple[str, str, str]]:
             seen.add(prompt)
             chosen.append(("alpaca", prompt, row["output"]))
     chosen = chosen[: n // 2]
-    chosen += [("gsm8k", r["question"], r["answer"]) for r in rng.sample(gsm8k, n - len(chosen))]
+    wanted = n - len(chosen)
+    if wanted <= len(gsm8k):
+        chosen += [("gsm8k", r["question"], r["answer"]) for r in rng.sample(gsm8k, wanted)]
+        return chosen
+    # more than the shipped problems: all of them, then shipped problems with other numbers
+    chosen += [("gsm8k", r["question"], r["answer"]) for r in gsm8k]
+    for i in range(wanted - len(gsm8k)):
+        r = gsm8k[i % len(gsm8k)]
+        chosen.append(("gsm8k", *other_numbers(r["question"], r["answer"], rng)))
     return chosen
 
 

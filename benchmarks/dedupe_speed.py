@@ -1,7 +1,8 @@
 """Near-duplicate search speed: datakit's default against datasketch's fastest path, one run.
 
-The set: 200k instruction records built from the real fixtures (Alpaca en/zh demos, GSM8K
-train, FastChat, identity), each a fixture record with 20% of its words replaced (distinct
+The set: 200k instruction records built from the real fixtures shipped in tests/fixtures
+(Alpaca en/zh demos, the first 500 GSM8K train problems, FastChat, identity; see
+tests/fixtures/SOURCES.md), each a fixture record with 20% of its words replaced (distinct
 records), or, for one record in five, a copy with 1% typos or an exact copy (duplicates).
 
 - datasketch: word 5-gram shingles in Python, ``MinHash.bulk`` with xxhash's xxh32, then a
@@ -29,18 +30,18 @@ from pathlib import Path
 import polars as pl
 from _measure import run_side
 
-SHARED = Path(__file__).resolve().parents[2] / "shared" / "fixtures"
+FIXTURES = Path(__file__).resolve().parents[1] / "tests" / "fixtures"
 
 
 def fixture_texts() -> list[tuple[str, str]]:
     pairs = []
     for name in ("alpaca_en_demo.json", "alpaca_zh_demo.json", "identity.json"):
-        for row in json.loads((SHARED / "formats/llama-factory" / name).read_text()):
+        for row in json.loads((FIXTURES / "formats/llama-factory" / name).read_text()):
             pairs.append(("\n".join(p for p in (row["instruction"], row["input"]) if p), row["output"]))
-    for line in (SHARED / "bench/gsm8k/train.jsonl").read_text().splitlines():
+    for line in (FIXTURES / "bench/gsm8k/train.jsonl").read_text().splitlines():
         row = json.loads(line)
         pairs.append((row["question"], row["answer"]))
-    for row in json.loads((SHARED / "formats/fastchat/dummy_conversation.json").read_text()):
+    for row in json.loads((FIXTURES / "formats/fastchat/dummy_conversation.json").read_text()):
         turns = row["conversations"]
         pairs.append((turns[0]["value"], turns[1]["value"]))
     return pairs

@@ -22,7 +22,7 @@ import numpy as np
 
 from datakit.select import kcenter, kcenter_plain
 
-FIXTURE = Path(__file__).resolve().parents[2] / "shared/fixtures/formats/llama-factory/alpaca_en_demo.json"
+FIXTURE = Path(__file__).resolve().parents[1] / "tests/fixtures/formats/llama-factory/alpaca_en_demo.json"
 
 
 def mixture(n: int = 50_000, dim: int = 384, centres: int = 200, seed: int = 0) -> np.ndarray:

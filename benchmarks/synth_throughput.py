@@ -25,7 +25,7 @@ from pathlib import Path
 from datakit.synth.client import Answer, Cache, Client, ClientSettings, Request
 from datakit.synth.parse import parse_score
 
-FIXTURE = Path(__file__).resolve().parents[2] / "shared/fixtures/formats/llama-factory/alpaca_en_demo.json"
+FIXTURE = Path(__file__).resolve().parents[1] / "tests/fixtures/formats/llama-factory/alpaca_en_demo.json"
 
 
 def requests_for(n: int, max_tokens: int) -> list[Request]:

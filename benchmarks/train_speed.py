@@ -23,7 +23,7 @@ from pathlib import Path
 
 from _measure import run_process
 
-FIXTURE = Path(__file__).resolve().parents[2] / "shared/fixtures/formats/llama-factory/alpaca_en_demo.json"
+FIXTURE = Path(__file__).resolve().parents[1] / "tests/fixtures/formats/llama-factory/alpaca_en_demo.json"
 
 DATAKIT_SIDE = """
 import json, sys

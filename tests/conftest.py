@@ -1,4 +1,4 @@
-"""Shared test helpers. The real fixtures live in ../shared beside the project root."""
+"""Shared test helpers. The real fixtures ship with the repository in tests/fixtures/ (SOURCES.md there)."""
 
 from __future__ import annotations
 
@@ -8,15 +8,27 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-SHARED = ROOT.parent / "shared"
-FORMATS_DIR = SHARED / "fixtures" / "formats"
+FIXTURES = ROOT / "tests" / "fixtures"
+FORMATS_DIR = FIXTURES / "formats"
 
 if not FORMATS_DIR.is_dir():  # fail loudly: a skipped fixture test would prove nothing
-    raise RuntimeError(f"test fixtures not found at {FORMATS_DIR}; the tests read ../shared beside the project root")
+    raise RuntimeError(f"test fixtures not found at {FORMATS_DIR}; they ship with the repository in tests/fixtures/")
 
 
 def fixture_path(relative: str) -> Path:
-    return FORMATS_DIR / relative
+    """A format fixture under tests/fixtures/formats/ (e.g. "axolotl/conversation.json")."""
+    return _shipped(FORMATS_DIR / relative)
+
+
+def bench_path(relative: str) -> Path:
+    """A benchmark-data fixture under tests/fixtures/bench/ (e.g. "gsm8k/train.jsonl")."""
+    return _shipped(FIXTURES / "bench" / relative)
+
+
+def _shipped(path: Path) -> Path:
+    if not path.exists():  # an error, never a skip
+        raise FileNotFoundError(f"test fixture not found: {path} (see tests/fixtures/SOURCES.md)")
+    return path
 
 
 def load_rows(path: Path) -> list[dict]:

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import SHARED, fixture_path
+from conftest import bench_path, fixture_path
 
 import datakit
 from datakit import minhash
@@ -20,7 +20,7 @@ from datakit.dedupe import DedupeError, Settings, dedupe
 from datakit.text import changed_values
 
 ALPACA = fixture_path("llama-factory/alpaca_en_demo.json")
-GSM8K = SHARED / "fixtures" / "bench" / "gsm8k" / "train.jsonl"
+GSM8K = bench_path("gsm8k/train.jsonl")
 
 
 def write_jsonl(path: Path, rows: list[dict]) -> Path:

@@ -117,7 +117,7 @@ def test_records_a_target_cannot_hold_are_rejected_or_converted_with_lossy(tmp: 
     assert strict.rejected_on_write == with_tools > 0
     assert any("Alpaca cannot hold tool calls" in reason for reason in strict.reasons)
     lossy = datakit.convert(glaive, tmp / "lossy.jsonl", to="alpaca", lossy=True)
-    assert lossy.written == lossy.records_read == 300
+    assert lossy.written == lossy.records_read == len(json.loads(glaive.read_text()))
     rows = [json.loads(line) for line in (tmp / "lossy.jsonl").read_text().splitlines()]
     assert sum("<tool_call>" in json.dumps(r) for r in rows) > 0
     assert lossy.notes["lossy rule applied: tools_inlined"] == with_tools

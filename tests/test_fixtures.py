@@ -1,4 +1,4 @@
-"""Every real fixture in ../shared/fixtures/formats: detected, read, converted to every
+"""Every real fixture in tests/fixtures/formats: detected, read, converted to every
 format that can hold it, and round-tripped without changing its content."""
 
 from __future__ import annotations

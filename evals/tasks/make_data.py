@@ -6,6 +6,10 @@ from: prompts, choices and metrics stay lm-eval's. Subsets are the first N items
 (MMLU: the first items of every subject), so a re-run gives the same files. Sources and
 licences: evals/tasks/SOURCES.md.
 
+This is a maintainer script: it reads the original benchmark files from ../shared beside the
+repository root, which a clone does not have, and is not needed to install, test or run
+datakit (its output ships in evals/tasks/data/).
+
     python evals/tasks/make_data.py
 """
 

@@ -7,6 +7,10 @@ project's sources (GSM8K train questions and solutions, MIT; TruthfulQA question
 answers, Apache-2.0; OpenAssistant English messages, Apache-2.0) and writes the four tab
 files in the layout ``nltk.data.find("tokenizers/punkt_tab/english/")`` loads.
 
+This is a maintainer script: it reads the original sources from ../shared beside the
+repository root, which a clone does not have, and is not needed to install, test or run
+datakit (its output ships in evals/tasks/nltk_data/).
+
     python evals/tasks/make_punkt.py
 """
 
