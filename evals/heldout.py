@@ -47,16 +47,16 @@ def decontaminate(heldout: list[dict[str, Any]], training_files: list[Path], wor
 
 @torch.no_grad()
 def score(model_path: str, adapter: str | None, template: str, records: list[dict[str, Any]],
-          batch_size: int = 8) -> list[tuple[int, float, float]]:  # fmt: skip
+          batch_size: int = 8, dtype: torch.dtype = torch.float32) -> list[tuple[int, float, float]]:  # fmt: skip
     """[(item index, summed token loss, tokens)] for each record with a response to score."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(model_path)
-    model = AutoModelForCausalLM.from_pretrained(model_path, dtype=torch.float32)
+    model = AutoModelForCausalLM.from_pretrained(model_path, dtype=dtype)
     if adapter:
         from peft import PeftModel
 
-        model = PeftModel.from_pretrained(model, adapter)
+        model = PeftModel.from_pretrained(model, adapter).merge_and_unload()  # scoring needs no separate adapter
     model.eval()
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     items = [(i, tokenize(r, tokenizer, template, max_length=MAX_LENGTH)) for i, r in enumerate(records)]

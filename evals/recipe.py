@@ -26,21 +26,38 @@ from typing import Any
 
 import yaml
 
+from evals.stats import MIN_SEEDS
 from evals.tasks import HELDOUT, TaskError, check_name
 from train.config import ConfigError, TrainConfig
 
 TOP_KEYS = {"name", "model", "template", "seeds", "train", "eval", "arms", "baseline", "profiles", "description"}
 ARM_KEYS = {"data", "steps", "train", "template", "eval_template", "model"}
 SOURCE_KEYS = {"path", "weight", "format"}
-EVAL_KEYS = {"tasks", "limit", "batch_size", "chat", "num_fewshot", "heldout", "replicates", "max_gen_toks"}
+EVAL_KEYS = {
+    "tasks",
+    "limit",
+    "batch_size",
+    "chat",
+    "num_fewshot",
+    "heldout",
+    "max_gen_toks",
+    "null_arm",
+    "min_seeds",
+    "effects",
+}
 HELDOUT_KEYS = {"path", "limit"}
 # recipe train keys -> TrainConfig fields (the short LoRA names of the issue, and the CLI's)
 TRAIN_ALIASES = {"r": "lora_r", "alpha": "lora_alpha", "dropout": "lora_dropout"}
 RUN_OWNED = {"data", "out", "resume", "model", "template", "seed"}  # set per arm and seed by the run
-STEP_NAMES = ("dedupe", "filter", "select", "synth")
+STEP_NAMES = ("dedupe", "filter", "select", "synth", "shuffle", "corrupt")
+NULL_ARM = "null"  # eval.null_arm: the baseline's data in another order, beside the real arms
+# the difference each task's report says how many seeds it takes to detect (eval.effects overrides)
+DEFAULT_EFFECTS = {HELDOUT: 0.01}
+DEFAULT_EFFECT = 0.02  # accuracy-like tasks: two points
 DEFAULT_HELDOUT = Path(__file__).resolve().parent / "data" / "heldout.jsonl"
 
-# --profile tiny: the same recipe, small enough to try on a laptop CPU in minutes
+# --profile tiny: the same recipe, small enough to try on a laptop CPU in minutes. It keeps the
+# first MIN_SEEDS seeds, so that its differences can still be tested against training noise.
 TINY = {
     "seeds": "first",
     "train": {"max_steps": 6, "batch_size": 2, "max_length": 128},
@@ -86,8 +103,9 @@ class Recipe:
     num_fewshot: dict[str, int]
     heldout: Source
     heldout_limit: int | None
-    replicates: int
     max_gen_toks: int | None
+    min_seeds: int
+    effects: dict[str, float]
     arms: dict[str, Arm]
     baseline: str
     raw: dict[str, Any]
@@ -155,6 +173,8 @@ def load(path: str | Path, profile: str | None = None) -> Recipe:
     except yaml.YAMLError as exc:
         raise RecipeError(f"{path}: not valid YAML: {exc}") from None
     raw = _mapping(raw, str(path))
+    if isinstance(raw.get("eval"), dict) and isinstance(raw.get("arms"), dict) and raw["eval"].get("null_arm"):
+        raw = _with_null_arm(raw, str(path))
     _unknown(raw, TOP_KEYS, f"{path}:")
     if profile:
         profiles = {"tiny": TINY, **(raw.get("profiles") or {})}
@@ -162,7 +182,7 @@ def load(path: str | Path, profile: str | None = None) -> Recipe:
             raise RecipeError(f"{path}: profiles.{profile}: no such profile; profiles: {', '.join(profiles)}")
         override = copy.deepcopy(profiles[profile])
         if override.get("seeds") == "first":
-            override["seeds"] = (raw.get("seeds") or [0])[:1]
+            override["seeds"] = (raw.get("seeds") or [0])[:MIN_SEEDS]
         raw = _merge(raw, override)
     where = str(path)
     for key in ("name", "arms", "baseline"):
@@ -182,6 +202,18 @@ def load(path: str | Path, profile: str | None = None) -> Recipe:
             check_name(str(task))
         except TaskError as exc:
             raise RecipeError(f"{where}: eval.tasks[{i}]: {exc}") from None
+    min_seeds = ev.get("min_seeds", MIN_SEEDS)
+    if isinstance(min_seeds, bool) or not isinstance(min_seeds, int) or min_seeds < 2:
+        raise RecipeError(f"{where}: eval.min_seeds: expected an integer of at least 2, got {min_seeds!r}")
+    if not isinstance(ev.get("null_arm", False), bool):
+        raise RecipeError(f"{where}: eval.null_arm: expected true or false, got {ev['null_arm']!r}")
+    effects = {str(t): DEFAULT_EFFECTS.get(str(t), DEFAULT_EFFECT) for t in tasks}
+    for task, value in _mapping(ev.get("effects") or {}, f"{where}: eval.effects").items():
+        if task not in effects:
+            raise RecipeError(f"{where}: eval.effects.{task}: not one of the recipe's tasks ({', '.join(effects)})")
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0:
+            raise RecipeError(f"{where}: eval.effects.{task}: expected a positive number, got {value!r}")
+        effects[task] = float(value)
     if ev.get("chat", "auto") not in ("auto", "always", "never"):
         raise RecipeError(f"{where}: eval.chat: expected auto, always or never")
     heldout = _mapping(ev.get("heldout") or {}, f"{where}: eval.heldout")
@@ -202,9 +234,23 @@ def load(path: str | Path, profile: str | None = None) -> Recipe:
         template=str(raw.get("template", "tokenizer")), seeds=seeds, train=train, tasks=[str(t) for t in tasks],
         limit=ev.get("limit"), batch_size=int(ev.get("batch_size", 16)), chat=ev.get("chat", "auto"),
         num_fewshot=dict(ev.get("num_fewshot") or {}), heldout=heldout_source, heldout_limit=heldout.get("limit", ev.get("limit")),
-        replicates=int(ev.get("replicates", 2000)),
-        max_gen_toks=ev.get("max_gen_toks"), arms=arms, baseline=str(raw["baseline"]), raw=raw,
+        max_gen_toks=ev.get("max_gen_toks"), min_seeds=min_seeds, effects=effects, arms=arms, baseline=str(raw["baseline"]), raw=raw,
     )  # fmt: skip
+
+
+def _with_null_arm(raw: dict[str, Any], where: str) -> dict[str, Any]:
+    """The recipe with a null arm: a copy of the baseline whose data is shuffled into another
+    order. Its difference from the baseline is pure training noise, shown beside the real ones."""
+    baseline = raw.get("baseline")
+    if baseline not in raw["arms"]:
+        return raw  # the missing baseline is reported below
+    if NULL_ARM in raw["arms"]:
+        raise RecipeError(f"{where}: arms.{NULL_ARM}: eval.null_arm adds an arm of that name; rename yours")
+    spec = copy.deepcopy(raw["arms"][baseline] or {})
+    if spec.get("train", True) is False:
+        raise RecipeError(f"{where}: eval.null_arm: the baseline {baseline!r} is not trained, so it has no data order")
+    spec["steps"] = [*(spec.get("steps") or []), {"shuffle": {"seed": 1}}]
+    return {**raw, "arms": {**raw["arms"], NULL_ARM: spec}}
 
 
 def _arm(name: str, spec: Any, where: str, root: Path, train: dict[str, Any]) -> Arm:

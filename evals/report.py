@@ -13,7 +13,8 @@ from typing import Any
 
 import numpy as np
 
-from evals.stats import estimate, paired_delta
+from evals.recipe import DEFAULT_EFFECT, DEFAULT_EFFECTS, NULL_ARM
+from evals.stats import MIN_SEEDS, Runs, delta, estimate, noise_floor
 from evals.tasks import HELDOUT
 
 
@@ -43,21 +44,44 @@ def lower_is_better(task: str) -> bool:
     return task == HELDOUT
 
 
+def verdict(d: dict[str, Any], lower_better: bool) -> str:
+    """What a difference means: better, worse, within noise, or not tested."""
+    if not d["tested"]:
+        return "not tested"
+    if not d["significant"]:
+        return "within noise"
+    return "better" if (d["mean"] < 0) == lower_better else "worse"
+
+
+def arm_runs(run_dir: Path, info: dict[str, Any], arm: str, task: str, items: list[int]) -> Runs:
+    runs = info["runs"][arm]
+    return Runs(*matrices(run_dir, arm, runs, task, items), trained=runs != ["untrained"], seeds=tuple(runs))
+
+
 def build(run_dir: str | Path) -> dict[str, Any]:
+    """Recompute every number of a run folder from its per-item files and write the report.
+    Folders written before verdicts needed seeds are read with today's rules."""
     run_dir = Path(run_dir)
     info = json.loads((run_dir / "run.json").read_text())
-    baseline, replicates = info["baseline"], info["replicates"]
-    results: dict[str, Any] = {"recipe": info["recipe"], "baseline": baseline, "tasks": {}, "arms": {}}
+    baseline = info["baseline"]
+    min_seeds = info.get("min_seeds", MIN_SEEDS)
+    effects = info.get("effects") or {}
+    results: dict[str, Any] = {"recipe": info["recipe"], "baseline": baseline, "min_seeds": min_seeds,
+                               "null_arm": NULL_ARM if NULL_ARM in info["arms"] else None,
+                               "tasks": {}, "arms": {}}  # fmt: skip
     for task in info["tasks"]:
         items = common_items(run_dir, info, task)
-        base = matrices(run_dir, baseline, info["runs"][baseline], task, items)
-        results["tasks"][task] = {"metric": info["metrics"].get(task), "items": len(items),
-                                  "lower_is_better": lower_is_better(task)}  # fmt: skip
-        for arm in info["arms"]:
-            num, den = matrices(run_dir, arm, info["runs"][arm], task, items)
-            entry = {"estimate": estimate(num, den, replicates).to_dict(), "runs": info["runs"][arm]}
+        runs = {arm: arm_runs(run_dir, info, arm, task, items) for arm in info["arms"]}
+        lower = lower_is_better(task)
+        effect = effects.get(task, DEFAULT_EFFECTS.get(task, DEFAULT_EFFECT))
+        results["tasks"][task] = {"metric": info["metrics"].get(task), "items": len(items), "lower_is_better": lower,
+                                  "noise": noise_floor(runs, baseline, effect, min_seeds)}  # fmt: skip
+        for arm, arm_runs_ in runs.items():
+            entry: dict[str, Any] = {"estimate": estimate(arm_runs_).to_dict(), "runs": info["runs"][arm]}
             if arm != baseline:
-                entry["delta"] = paired_delta(num, den, *base, replicates=replicates).to_dict()
+                d = delta(arm_runs_, runs[baseline], min_seeds).to_dict()
+                d["verdict"] = verdict(d, lower)
+                entry["delta"] = d
             results["arms"].setdefault(arm, {})[task] = entry
     results["heldout"] = info.get("heldout")
     results["timings"] = stage_totals(info["timings"])
@@ -81,17 +105,30 @@ def _fmt(e: dict[str, Any]) -> str:
     return f"{e['mean']:.3f} [{e['low']:.3f}, {e['high']:.3f}]"
 
 
+def _delta_cell(d: dict[str, Any]) -> str:
+    if not d["tested"]:
+        return f"Δ {d['mean']:+.3f}, not tested"
+    cell = f"Δ {d['mean']:+.3f} [{d['low']:+.3f}, {d['high']:+.3f}] {d['verdict']}"
+    return cell + (" **\\***" if d["significant"] else "")
+
+
 def markdown(results: dict[str, Any], info: dict[str, Any]) -> str:
     tasks = list(results["tasks"])
+    baseline, min_seeds = results["baseline"], results["min_seeds"]
     lines = [f"# {results['recipe']}", ""]
-    lines.append(f"Model {info['model']}, seeds {info['seeds']}, baseline arm **{results['baseline']}**. "
-                 "Each cell: mean over seeds [95% bootstrap interval over items and seeds]; below it, the "
-                 "paired difference from the baseline [95% interval]. **\\*** marks a difference whose "
-                 "interval excludes zero.")  # fmt: skip
-    if len(info["seeds"]) == 1:
-        lines.append("")
-        lines.append("With one seed the intervals cover item sampling only; the spread between training runs is "
-                     "not measured (add seeds to include it).")  # fmt: skip
+    lines.append(f"Model {info['model']}, seeds {info['seeds']}, baseline arm **{baseline}**. Each cell: the "
+                 "mean over seeds [95% interval]; below it, the difference from the baseline [95% interval] "
+                 "and its verdict. A difference is tested with a t test over paired seeds that adds the "
+                 "item-sampling noise, and **\\*** marks one whose interval excludes zero (better or worse). "
+                 f"A verdict needs at least {min_seeds} seeds: without the spread between training runs, "
+                 "no difference can be told from training noise.")  # fmt: skip
+    untested = sorted({d["reason"] for by_task in results["arms"].values() for e in by_task.values()
+                       if (d := e.get("delta")) and not d["tested"]})  # fmt: skip
+    for reason in untested:
+        lines += ["", f"**Not tested**: {reason}. The estimates are shown; they carry no verdict."]
+    if results.get("null_arm"):
+        lines += ["", f"The **{results['null_arm']}** arm is the baseline's data in another order: its difference "
+                  "is training noise alone, the floor any real difference must clear."]  # fmt: skip
     lines.append("")
     header = "| arm | " + " | ".join(
         f"{t} ({results['tasks'][t]['metric']}{', lower is better' if results['tasks'][t]['lower_is_better'] else ''}, "
@@ -105,11 +142,28 @@ def markdown(results: dict[str, Any], info: dict[str, Any]) -> str:
             e = by_task[t]
             cell = _fmt(e["estimate"])
             if "delta" in e:
-                d = e["delta"]
-                mark = " **\\***" if d["significant"] else ""
-                cell += f"<br>Δ {d['mean']:+.3f} [{d['low']:+.3f}, {d['high']:+.3f}]{mark}"
+                cell += "<br>" + _delta_cell(e["delta"])
             cells.append(cell)
-        lines.append(f"| {arm} | " + " | ".join(cells) + " |")
+        name = f"{arm} (baseline)" if arm == baseline else arm
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    lines += ["", "Noise floor, per task: the spread between training runs (standard deviation of run scores, "
+              "pooled over arms), the smallest true difference a comparison with these seeds and items detects "
+              "80% of the time at the 5% level, and the seeds per arm needed to detect the given effect.", ""]  # fmt: skip
+    lines += ["| task | seed-to-seed sd | null arm Δ | minimum detectable effect | seeds for effect |",
+              "|---|---|---|---|---|"]  # fmt: skip
+    for t in tasks:
+        noise = results["tasks"][t]["noise"]
+        null = results["arms"].get(results.get("null_arm") or "", {}).get(t, {}).get("delta")
+        null_cell = "-" if null is None else _delta_cell(null).replace("Δ ", "")
+        if noise.get("seed_sd") is None:
+            lines.append(f"| {t} | not measured | {null_cell} | - | - |")
+            continue
+        needed = noise["seeds_for_effect"]
+        needed_cell = (
+            f"{needed} for {noise['effect']:g}" if needed else f"more items, not seeds, for {noise['effect']:g}"
+        )
+        lines.append(f"| {t} | {noise['seed_sd']:.4f} | {null_cell} | {noise['mde']:.4f} ({noise['seeds']} seeds) "
+                     f"| {needed_cell} |")  # fmt: skip
     lines.append("")
     if results.get("heldout"):
         h = results["heldout"]
@@ -135,13 +189,18 @@ def delta_chart(results: dict[str, Any], png: Path) -> None:
     for ax, task in zip(axes[0], tasks, strict=True):
         for y, arm in enumerate(arms):
             d = results["arms"][arm][task]["delta"]
+            if not d["tested"]:  # an estimate without a verdict: a hollow marker, no interval
+                ax.plot(d["mean"], y, "o", mfc="none", color="tab:gray")
+                continue
             color = "tab:red" if d["significant"] else "tab:gray"
             ax.errorbar(d["mean"], y, xerr=[[d["mean"] - d["low"]], [d["high"] - d["mean"]]], fmt="o", color=color)
         ax.axvline(0, color="black", lw=0.8)
         ax.set_yticks(range(len(arms)), arms if ax is axes[0][0] else [""] * len(arms))
         ax.set_title(f"{task}{' (lower is better)' if results['tasks'][task]['lower_is_better'] else ''}", fontsize=9)
         ax.set_ylim(-0.5, len(arms) - 0.5)
-    fig.suptitle(f"difference from {results['baseline']} (95% interval; red: excludes 0)", fontsize=10)
+    fig.suptitle(
+        f"difference from {results['baseline']} (95% t interval; red: excludes 0; hollow: not tested)", fontsize=10
+    )
     fig.tight_layout()
     fig.savefig(png, dpi=100)
     plt.close(fig)

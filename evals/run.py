@@ -280,11 +280,13 @@ def _guess(job: Job, recipe: Recipe, spent: dict[str, list[float]]) -> float:
     """Seconds a job will take: the mean of its stage so far, else a rough prior from this CPU."""
     if spent.get(job.stage):
         return sum(spent[job.stage]) / len(spent[job.stage])
-    if job.stage == "train":
+    if job.stage == "train":  # about 150 training tokens/s on a 2-core CPU, rows about 70% full
         t = recipe.train
-        return (t.get("max_steps") or 100) * t.get("batch_size", 8) * t.get("max_length", 256) * 0.6 / 180
-    if job.stage == "eval":
-        return 0.3 * (recipe.limit or 500)
+        return 5 + (t.get("max_steps") or 100) * t.get("batch_size", 8) * t.get("max_length", 256) * 0.7 / 150
+    if job.stage == "eval":  # about 0.45 s an item for heldout_loss, 0.2 s for multiple choice
+        if job.detail == HELDOUT:
+            return 0.45 * (recipe.heldout_limit or 200)
+        return 0.2 * (recipe.limit or 500)
     return 5.0
 
 
@@ -314,7 +316,8 @@ def collect(plan: Plan, recipe: Recipe) -> None:
     heldout = json.loads(plan.heldout_file.read_text()) if plan.heldout_file.exists() else None
     write_json(run_dir / "run.json", {
         "recipe": recipe.name, "baseline": recipe.baseline, "arms": list(recipe.arms), "runs": plan.runs,
-        "tasks": recipe.tasks, "metrics": metrics, "replicates": recipe.replicates, "seeds": recipe.seeds,
+        "tasks": recipe.tasks, "metrics": metrics, "seeds": recipe.seeds,
+        "min_seeds": recipe.min_seeds, "effects": recipe.effects,
         "heldout": None if heldout is None else {"records": heldout["records"], "removed": heldout["removed"]},
         "timings": timings, "versions": versions(), "model": recipe.model, "template": recipe.template,
     })  # fmt: skip

@@ -7,13 +7,11 @@ import subprocess
 import sys
 from pathlib import Path
 
-import numpy as np
 import pytest
 import yaml
 
 import datakit
 from evals.recipe import RecipeError, load
-from evals.stats import estimate, paired_delta
 from evals.tasks import DATA, TASKS, materialize
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -75,7 +73,10 @@ def test_tiny_recipe_end_to_end_then_from_cache(tmp_path: Path) -> None:
         r["den"] for r in base
     )
     assert delta["mean"] == pytest.approx(expected)
-    assert delta["low"] <= delta["mean"] <= delta["high"]
+    # one seed: the estimate is shown, without a verdict and without a significance flag
+    assert delta["tested"] is False and "significant" not in delta and delta["verdict"] == "not tested"
+    table = [line for line in md.splitlines() if line.startswith("| ")]
+    assert "not tested" in md and "1 seed" in md and not any("**\\***" in line for line in table)
     assert (run_dir / "deltas.png").stat().st_size > 0 and (run_dir / "loss.png").stat().st_size > 0
     assert (run_dir / "recipe.yaml").read_text() == recipe.read_text()
 
@@ -110,6 +111,11 @@ def test_tiny_recipe_end_to_end_then_from_cache(tmp_path: Path) -> None:
         ({"eval": {"tasks": ["arc_easyy"]}}, "eval.tasks[0]"),
         ({"baseline": "nope"}, "baseline"),
         ({"seedz": [0]}, "seedz"),
+        ({"eval": {"tasks": ["heldout_loss"], "min_seeds": 1}}, "eval.min_seeds"),
+        ({"eval": {"tasks": ["heldout_loss"], "null_arm": True}}, "eval.null_arm"),  # the baseline is untrained
+        ({"eval": {"tasks": ["heldout_loss"], "effects": {"arc_easy": 0.1}}}, "eval.effects.arc_easy"),
+        ({"arms": {"all": {"data": [{"path": "sample.jsonl"}], "steps": [{"corrupt": {"shuffle_words": 2}}]}}},
+         "arms.all.steps[0].corrupt"),
     ],
 )  # fmt: skip
 def test_a_bad_recipe_fails_before_any_work_naming_the_key(tmp_path: Path, change: dict, named: str) -> None:
@@ -171,23 +177,62 @@ def test_ifeval_metric_runs_offline_with_the_shipped_punkt() -> None:
     assert process_results(doc, ["This Is Not lowercase."])["prompt_level_strict_acc"] is False
 
 
-def test_paired_bootstrap_finds_real_differences_and_not_noise() -> None:
-    rng = np.random.default_rng(1)
-    base = (rng.random((1, 400)) < 0.5).astype(float)
-    ones = np.ones_like(base)
-    better = base.copy()
-    better[0, rng.choice(np.flatnonzero(base[0] == 0), 40, replace=False)] = 1.0  # 40 items fixed, 0 broken
-    same = paired_delta(base, ones, base, ones)
-    assert same.mean == 0 and not same.significant
-    real = paired_delta(better, ones, base, ones)
-    assert real.mean == pytest.approx(0.1) and real.significant and real.low > 0
-    # a re-shuffle of which items are right, at the same accuracy: no real difference
-    shuffled = base[:, rng.permutation(400)]
-    noise = paired_delta(shuffled, ones, base, ones)
-    assert not noise.significant
-    # with seeds, the interval widens by the spread between runs
-    seeds = np.stack([base[0], better[0], base[0], better[0]])
-    one = estimate(base, ones)
-    several = estimate(seeds, np.ones_like(seeds))
-    assert several.mean == pytest.approx((base.mean() + better.mean()) / 2)
-    assert several.high - several.low > one.high - one.low
+def verdict_recipe(folder: Path, seeds: list[int]) -> Path:
+    """Three arms of the same 48 records: the baseline, its null arm (another order) and a
+    corrupted copy (every answer's words shuffled), trained hard enough to matter."""
+    records = list(datakit.read_records(SAMPLE))[:48]
+    datakit.write_records(records, folder / "sample.jsonl", to="sharegpt")
+    data = [{"path": "sample.jsonl"}]
+    recipe = {
+        "name": "verdicts",
+        "model": "smollm2-135m",
+        "template": "chatml",
+        "seeds": seeds,
+        "train": {"lr": 3.0e-3, "dtype": "fp32", "gradient_checkpointing": False},
+        "eval": {"tasks": ["heldout_loss"], "heldout": {"limit": 16}, "null_arm": True},
+        "arms": {"all": {"data": data}, "corrupted": {"data": data, "steps": [{"corrupt": {"shuffle_words": 1.0}}]}},
+        "baseline": "all",
+    }
+    path = folder / f"recipe-{len(seeds)}.yaml"
+    path.write_text(yaml.safe_dump(recipe))
+    return path
+
+
+def test_verdicts_null_arm_within_noise_corrupted_arm_worse_one_seed_untested(tmp_path: Path) -> None:
+    run_dir = tmp_path / "run"
+    result = evals_cli("run", str(verdict_recipe(tmp_path, [0, 1, 2])), "--out", str(run_dir), "--profile", "tiny")
+    assert result.returncode == 0, result.stderr[-3000:]
+    results = json.loads((run_dir / "results.json").read_text())
+    assert results["arms"]["null"]["heldout_loss"]["runs"] == ["seed-0", "seed-1", "seed-2"]  # the profile keeps 3
+    null = results["arms"]["null"]["heldout_loss"]["delta"]
+    corrupted = results["arms"]["corrupted"]["heldout_loss"]["delta"]
+    assert null["tested"] and not null["significant"] and null["verdict"] == "within noise"
+    assert corrupted["tested"] and corrupted["significant"] and corrupted["verdict"] == "worse"
+    assert corrupted["mean"] > 0 and corrupted["low"] > 0
+    md = (run_dir / "results.md").read_text()
+    rows = {line.split(" |")[0]: line for line in md.splitlines() if line.startswith("| ")}
+    assert "**\\***" in rows["| corrupted"] and "**\\***" not in rows["| null"]
+    noise = results["tasks"]["heldout_loss"]["noise"]
+    assert noise["seed_sd"] > 0 and noise["mde"] > 0 and "null arm" in md
+
+    # a run folder written before verdicts needed seeds is reported with today's rules
+    info = json.loads((run_dir / "run.json").read_text())
+    for key in ("min_seeds", "effects"):
+        del info[key]
+    (run_dir / "run.json").write_text(json.dumps({**info, "replicates": 2000}))
+    assert evals_cli("report", str(run_dir)).returncode == 0
+    again = json.loads((run_dir / "results.json").read_text())
+    assert again["arms"]["corrupted"]["heldout_loss"]["delta"] == corrupted
+    assert again["arms"]["null"]["heldout_loss"]["delta"] == null
+
+    # the same runs with one seed (all cached): estimates only, and the report says why
+    one = evals_cli("run", str(verdict_recipe(tmp_path, [0])), "--out", str(run_dir), "--profile", "tiny")
+    assert one.returncode == 0, one.stderr[-3000:]
+    assert "0 of " in one.stderr  # nothing retrained
+    results = json.loads((run_dir / "results.json").read_text())
+    for arm in ("null", "corrupted"):
+        d = results["arms"][arm]["heldout_loss"]["delta"]
+        assert not d["tested"] and "significant" not in d
+    md = (run_dir / "results.md").read_text()
+    table = [line for line in md.splitlines() if line.startswith("| ")]
+    assert "Not tested" in md and "at least 3 seeds" in md and not any("**\\***" in line for line in table)

@@ -86,16 +86,25 @@ def data_fingerprint(tokenized: Tokenized) -> str:
 # --- model ---------------------------------------------------------------------------------
 
 
-def cpu_has_bf16() -> bool:
+def cpu_flags() -> dict[str, Any]:
+    """The CPU's model name and the flags that decide whether bf16 weights pay."""
     try:
-        flags = Path("/proc/cpuinfo").read_text()
+        text = Path("/proc/cpuinfo").read_text()
     except OSError:
-        return False
-    return "avx512_bf16" in flags or "amx_bf16" in flags
+        text = ""
+    model = next((line.split(":", 1)[1].strip() for line in text.splitlines() if line.startswith("model name")), "?")
+    return {"model": model, "amx_bf16": "amx_bf16" in text, "avx512_bf16": "avx512_bf16" in text}
+
+
+def cpu_bf16_is_fast() -> bool:
+    """bf16 weights beat fp32 on a CPU only with AMX tiles. Measured with
+    benchmarks/cpu_defaults.py: with avx512_bf16 and no AMX (AMD EPYC, and an Intel Xeon whose
+    hypervisor hides AMX) fp32 trained faster, unpacked and packed; with AMX, bf16 was faster."""
+    return bool(cpu_flags()["amx_bf16"])
 
 
 def weight_dtype(config: TrainConfig, device: str) -> torch.dtype:
-    """bf16 base weights for adapters where the hardware computes in bf16; fp32 otherwise.
+    """bf16 base weights for adapters where the hardware computes bf16 fast; fp32 otherwise.
     Full fine-tuning keeps fp32 unless asked: pure bf16 updates lose small steps."""
     if config.dtype != "auto":
         return torch.bfloat16 if config.dtype == "bf16" else torch.float32
@@ -103,7 +112,7 @@ def weight_dtype(config: TrainConfig, device: str) -> torch.dtype:
         return torch.float32
     if device == "cuda":
         return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float32
-    return torch.bfloat16 if cpu_has_bf16() else torch.float32
+    return torch.bfloat16 if cpu_bf16_is_fast() else torch.float32
 
 
 def load_model(config: TrainConfig, path: str, device: str) -> torch.nn.Module:
