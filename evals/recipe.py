@@ -3,7 +3,7 @@
     name: quickstart
     model: smollm2-135m
     template: chatml
-    seeds: [0]
+    seeds: [0, 1, 2]
     train: {method: lora, r: 8, alpha: 16, max_steps: 40, max_length: 256, batch_size: 4, lr: 2.0e-4}
     eval: {tasks: [heldout_loss, arc_easy, piqa], limit: 300}
     arms:
@@ -191,6 +191,8 @@ def load(path: str | Path, profile: str | None = None) -> Recipe:
     seeds = raw.get("seeds", [0])
     if not isinstance(seeds, list) or not seeds or not all(isinstance(s, int) for s in seeds):
         raise RecipeError(f"{where}: seeds: expected a list of integers, got {seeds!r}")
+    if len(set(seeds)) != len(seeds):  # a repeated seed is the same run twice: it would fake agreement
+        raise RecipeError(f"{where}: seeds: {seeds!r} repeats a seed; each seed must be different")
     train = _train_values(raw.get("train") or {}, f"{where}: train")
     ev = _mapping(raw.get("eval") or {}, f"{where}: eval")
     _unknown(ev, EVAL_KEYS, f"{where}: eval")

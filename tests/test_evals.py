@@ -111,6 +111,7 @@ def test_tiny_recipe_end_to_end_then_from_cache(tmp_path: Path) -> None:
         ({"eval": {"tasks": ["arc_easyy"]}}, "eval.tasks[0]"),
         ({"baseline": "nope"}, "baseline"),
         ({"seedz": [0]}, "seedz"),
+        ({"seeds": [0, 0, 0]}, "repeats a seed"),
         ({"eval": {"tasks": ["heldout_loss"], "min_seeds": 1}}, "eval.min_seeds"),
         ({"eval": {"tasks": ["heldout_loss"], "null_arm": True}}, "eval.null_arm"),  # the baseline is untrained
         ({"eval": {"tasks": ["heldout_loss"], "effects": {"arc_easy": 0.1}}}, "eval.effects.arc_easy"),
