@@ -237,3 +237,32 @@ def test_verdicts_null_arm_within_noise_corrupted_arm_worse_one_seed_untested(tm
     md = (run_dir / "results.md").read_text()
     table = [line for line in md.splitlines() if line.startswith("| ")]
     assert "Not tested" in md and "at least 3 seeds" in md and not any("**\\***" in line for line in table)
+
+
+def test_corrupt_and_shuffle_damage_what_they_say_and_nothing_else() -> None:
+    from evals.steps import Corrupt, Shuffle, corrupt, shuffle
+
+    records = list(datakit.read_records(SAMPLE))[:40]
+    before = json.dumps(records)
+    answer = [r["messages"][-1]["content"] for r in records]
+
+    swapped, counts = corrupt(records, Corrupt(shuffle_responses=0.5, seed=3))
+    changed = [i for i, r in enumerate(swapped) if r["messages"][-1]["content"] != answer[i]]
+    assert counts["responses_swapped"] == 20 and len(changed) >= 19  # two records may share an answer
+    assert sorted(r["messages"][-1]["content"] for r in swapped) == sorted(answer)  # answers moved, not lost
+    assert [r["messages"][0] for r in swapped] == [r["messages"][0] for r in records]  # prompts untouched
+
+    garbled, counts = corrupt(records, Corrupt(shuffle_words=1.0))
+    assert counts["words_shuffled"] == 40
+    for original, damaged in zip(answer, garbled, strict=True):
+        assert sorted(original.split()) == sorted(damaged["messages"][-1]["content"].split())
+    long_answers = [(g, a) for g, a in zip(garbled, answer, strict=True) if len(set(a.split())) >= 5]
+    assert long_answers and all(g["messages"][-1]["content"] != a for g, a in long_answers)
+
+    reordered = shuffle(records, Shuffle(seed=1))
+    assert reordered != records and sorted(map(json.dumps, reordered)) == sorted(map(json.dumps, records))
+    assert json.dumps(records) == before  # the input records are never changed
+    with pytest.raises(ValueError, match="shuffle_words"):
+        Corrupt(shuffle_words=1.5)
+    with pytest.raises(ValueError, match="nothing to corrupt"):
+        Corrupt()
