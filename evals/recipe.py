@@ -26,6 +26,7 @@ from typing import Any
 
 import yaml
 
+from datakit import strict_yaml
 from evals.stats import MIN_SEEDS
 from evals.tasks import HELDOUT, TaskError, check_name
 from train.config import ConfigError, TrainConfig
@@ -169,7 +170,7 @@ def load(path: str | Path, profile: str | None = None) -> Recipe:
     if not path.is_file():
         raise RecipeError(f"{path}: no such recipe file")
     try:
-        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+        raw = strict_yaml.load(path.read_text(encoding="utf-8"))
     except yaml.YAMLError as exc:
         raise RecipeError(f"{path}: not valid YAML: {exc}") from None
     raw = _mapping(raw, str(path))

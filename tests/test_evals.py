@@ -266,3 +266,22 @@ def test_corrupt_and_shuffle_damage_what_they_say_and_nothing_else() -> None:
         Corrupt(shuffle_words=1.5)
     with pytest.raises(ValueError, match="nothing to corrupt"):
         Corrupt()
+
+
+def test_a_repeated_key_in_a_recipe_is_an_error_not_a_lost_arm(tmp_path: Path) -> None:
+    path = tiny_recipe(tmp_path)
+    text = path.read_text().replace("arms:\n", "arms:\n  all:\n    data:\n    - path: missing-first.jsonl\n", 1)
+    path.write_text(text)  # two arms named "all": plain YAML would keep the second in silence
+    with pytest.raises(RecipeError, match="'all' twice"):
+        load(path)
+    result = evals_cli("run", str(path), "--dry-run")
+    assert result.returncode != 0 and "twice" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_a_repeated_key_in_a_training_config_is_an_error(tmp_path: Path) -> None:
+    from train.config import ConfigError, TrainConfig
+
+    config = tmp_path / "train.yaml"
+    config.write_text("lr: 1.0e-4\nmax_steps: 5\nlr: 1.0e-2\n")
+    with pytest.raises(ConfigError, match="'lr' twice"):
+        TrainConfig.from_yaml(config)

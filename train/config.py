@@ -15,6 +15,7 @@ from typing import Any
 
 import yaml
 
+from datakit import strict_yaml
 from train.templates import TEMPLATES
 
 
@@ -108,7 +109,10 @@ class TrainConfig:
 
     @classmethod
     def from_yaml(cls, path: str | Path, **overrides: Any) -> TrainConfig:
-        values = yaml.safe_load(Path(path).read_text()) or {}
+        try:
+            values = strict_yaml.load(Path(path).read_text()) or {}
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"{path}: not valid YAML: {exc}") from None
         if not isinstance(values, dict):
             raise ConfigError(f"{path}: expected a mapping of settings")
         values.update({k: v for k, v in overrides.items() if v is not None})
