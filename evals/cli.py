@@ -23,11 +23,12 @@ def run_command(recipe, out, dry_run, profile) -> None:
     from datakit.formats import FormatError
     from datakit.io import InputError
     from evals.run import run
+    from evals.stats import ScoreError
     from train import ConfigError, TrainError
 
     try:
         run(recipe, out=out, profile=profile, dry_run=dry_run)
-    except (RecipeError, ConversionError, FormatError, InputError, ConfigError, TrainError) as exc:
+    except (RecipeError, ConversionError, FormatError, InputError, ConfigError, TrainError, ScoreError) as exc:
         raise click.ClickException(str(exc)) from None
 
 
@@ -38,8 +39,12 @@ def report_command(run_dir) -> None:
     from pathlib import Path
 
     from evals.report import build
+    from evals.stats import ScoreError
 
-    build(run_dir)
+    try:
+        build(run_dir)
+    except ScoreError as exc:
+        raise click.ClickException(f"{run_dir}: {exc}") from None
     click.echo((Path(run_dir) / "results.md").read_text())
 
 

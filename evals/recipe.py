@@ -107,6 +107,7 @@ class Recipe:
     max_gen_toks: int | None
     min_seeds: int
     effects: dict[str, float]
+    null_arm: bool
     arms: dict[str, Arm]
     baseline: str
     raw: dict[str, Any]
@@ -183,7 +184,9 @@ def load(path: str | Path, profile: str | None = None) -> Recipe:
             raise RecipeError(f"{path}: profiles.{profile}: no such profile; profiles: {', '.join(profiles)}")
         override = copy.deepcopy(profiles[profile])
         if override.get("seeds") == "first":
-            override["seeds"] = (raw.get("seeds") or [0])[:MIN_SEEDS]
+            wanted = (raw.get("eval") or {}).get("min_seeds") if isinstance(raw.get("eval"), dict) else None
+            keep = max(MIN_SEEDS, wanted if isinstance(wanted, int) and not isinstance(wanted, bool) else 0)
+            override["seeds"] = (raw.get("seeds") or [0])[:keep]
         raw = _merge(raw, override)
     where = str(path)
     for key in ("name", "arms", "baseline"):
@@ -237,7 +240,7 @@ def load(path: str | Path, profile: str | None = None) -> Recipe:
         template=str(raw.get("template", "tokenizer")), seeds=seeds, train=train, tasks=[str(t) for t in tasks],
         limit=ev.get("limit"), batch_size=int(ev.get("batch_size", 16)), chat=ev.get("chat", "auto"),
         num_fewshot=dict(ev.get("num_fewshot") or {}), heldout=heldout_source, heldout_limit=heldout.get("limit", ev.get("limit")),
-        max_gen_toks=ev.get("max_gen_toks"), min_seeds=min_seeds, effects=effects, arms=arms, baseline=str(raw["baseline"]), raw=raw,
+        max_gen_toks=ev.get("max_gen_toks"), min_seeds=min_seeds, effects=effects, null_arm=bool(ev.get("null_arm", False)), arms=arms, baseline=str(raw["baseline"]), raw=raw,
     )  # fmt: skip
 
 

@@ -67,7 +67,7 @@ def build(run_dir: str | Path) -> dict[str, Any]:
     min_seeds = info.get("min_seeds", MIN_SEEDS)
     effects = info.get("effects") or {}
     results: dict[str, Any] = {"recipe": info["recipe"], "baseline": baseline, "min_seeds": min_seeds,
-                               "null_arm": NULL_ARM if NULL_ARM in info["arms"] else None,
+                               "null_arm": NULL_ARM if info.get("null_arm") else None,
                                "tasks": {}, "arms": {}}  # fmt: skip
     for task in info["tasks"]:
         items = common_items(run_dir, info, task)
@@ -118,8 +118,8 @@ def markdown(results: dict[str, Any], info: dict[str, Any]) -> str:
     lines = [f"# {results['recipe']}", ""]
     lines.append(f"Model {info['model']}, seeds {info['seeds']}, baseline arm **{baseline}**. Each cell: the "
                  "mean over seeds [95% interval]; below it, the difference from the baseline [95% interval] "
-                 "and its verdict. A difference is tested with a t test over paired seeds that adds the "
-                 "item-sampling noise, and **\\*** marks one whose interval excludes zero (better or worse). "
+                 "and its verdict. A difference is tested with a t test over seeds (paired by seed where both "
+                 "arms are trained with the same seeds) that adds the item-sampling noise, and **\\*** marks one whose interval excludes zero (better or worse). "
                  f"A verdict needs at least {min_seeds} seeds: without the spread between training runs, "
                  "no difference can be told from training noise.")  # fmt: skip
     untested = sorted({d["reason"] for by_task in results["arms"].values() for e in by_task.values()
@@ -158,10 +158,13 @@ def markdown(results: dict[str, Any], info: dict[str, Any]) -> str:
         if noise.get("seed_sd") is None:
             lines.append(f"| {t} | not measured | {null_cell} | - | - |")
             continue
-        needed = noise["seeds_for_effect"]
-        needed_cell = (
-            f"{needed} for {noise['effect']:g}" if needed else f"more items, not seeds, for {noise['effect']:g}"
-        )
+        needed, effect = noise["seeds_for_effect"], noise["effect"]
+        if needed:
+            needed_cell = f"{needed} for {effect:g}"
+        elif noise.get("items_limit"):
+            needed_cell = f"more items, not seeds, for {effect:g}"
+        else:
+            needed_cell = f"over 200 for {effect:g}"
         lines.append(f"| {t} | {noise['seed_sd']:.4f} | {null_cell} | {noise['mde']:.4f} ({noise['seeds']} seeds) "
                      f"| {needed_cell} |")  # fmt: skip
     lines.append("")

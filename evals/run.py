@@ -317,7 +317,7 @@ def collect(plan: Plan, recipe: Recipe) -> None:
     write_json(run_dir / "run.json", {
         "recipe": recipe.name, "baseline": recipe.baseline, "arms": list(recipe.arms), "runs": plan.runs,
         "tasks": recipe.tasks, "metrics": metrics, "seeds": recipe.seeds,
-        "min_seeds": recipe.min_seeds, "effects": recipe.effects,
+        "min_seeds": recipe.min_seeds, "effects": recipe.effects, "null_arm": recipe.null_arm,
         "heldout": None if heldout is None else {"records": heldout["records"], "removed": heldout["removed"]},
         "timings": timings, "versions": versions(), "model": recipe.model, "template": recipe.template,
     })  # fmt: skip

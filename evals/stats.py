@@ -42,6 +42,10 @@ ALPHA = 0.05  # two-sided
 POWER = 0.80  # for the minimum detectable effect and the seeds needed
 
 
+class ScoreError(ValueError):
+    """Per-item results that cannot be scored (no items, a NaN, nothing to divide by)."""
+
+
 @dataclass
 class Runs:
     """One arm's per-item results on one task: runs (seeds) x items, same items in every run."""
@@ -56,6 +60,14 @@ class Runs:
         self.den = np.atleast_2d(np.asarray(self.den, dtype=float))
         if self.num.shape != self.den.shape:
             raise ValueError(f"num and den differ in shape: {self.num.shape} against {self.den.shape}")
+        # a missing or broken result must stop the report, never pass as a score (0/0 read as a
+        # loss of 0 would look like the best arm; NaN would look like "within noise")
+        if self.num.shape[1] == 0:
+            raise ScoreError("no items to score (the runs share no item)")
+        if not (np.isfinite(self.num).all() and np.isfinite(self.den).all()):
+            raise ScoreError("a per-item result is not a finite number")
+        if (self.den.sum(1) <= 0).any():
+            raise ScoreError("a run has nothing to score (its denominators sum to zero)")
 
     @property
     def n(self) -> int:
@@ -173,21 +185,30 @@ def delta(a: Runs, b: Runs, min_seeds: int = MIN_SEEDS) -> Delta:
     else:
         parts = [(r.scores.var(ddof=1) / r.n, r.n - 1) for r in (a, b) if r.trained]
     n_items = a.num.shape[1]
-    train_df = _satterthwaite(parts) if parts else float(n_items - 1)
+    if parts and sum(v for v, _ in parts) == 0:  # seeds that changed nothing measure no noise
+        return Delta(mean, tested=False, reason="the seeds gave identical runs, so training noise is not "
+                     "measured (was the seed applied?)")  # fmt: skip
+    if not parts and n_items < 2:
+        return Delta(mean, tested=False, reason="one item and no training runs: no noise to test against")
+    # The degrees of freedom are the training term's alone (Welch-Satterthwaite over the two
+    # arms where they are not paired). The item term's estimate is mostly noise when it is small,
+    # and letting it raise the degrees of freedom took the false-positive rate at 3 seeds to 9%
+    # in the calibration simulation; this way the test is never less strict than the t test on
+    # the seeds alone. Two untrained models are compared over items (n_items - 1).
+    if parts:
+        df = _satterthwaite(parts)  # finite: the training variance is above zero here
+        df = min(df, n_items - 1) if n_items > 1 else df
+    else:
+        df = float(n_items - 1)
     se = float(np.sqrt(sum(v for v, _ in parts) + _item_variance(a, b, paired)))
-    # The degrees of freedom are the training term's alone. The item term's estimate is mostly
-    # noise when it is small, and letting it raise the degrees of freedom (Satterthwaite) took
-    # the false-positive rate at 3 seeds to 9% in the calibration simulation; this way the
-    # test is never less strict than the paired t test on the seeds alone.
-    df = min(train_df, n_items - 1)
     t_crit = t_quantile(df, 1 - ALPHA / 2)
     if se == 0:
         p = 1.0 if mean == 0 else 0.0
     else:
         p = float(2 * sp.t.sf(abs(mean) / se, df)) if np.isfinite(df) else float(2 * sp.norm.sf(abs(mean) / se))
-    runs = f"{a.n} paired seeds" if paired else "unpaired runs"
+    runs = f"{a.n} paired seeds" if paired else "unpaired runs" if parts else "two untrained models"
     return Delta(mean, tested=True, reason=f"t test over {runs} and items, df {df:.1f}",
-                 low=mean - t_crit * se, high=mean + t_crit * se, se=se, df=df, p=p, significant=p < ALPHA,
+                 low=mean - t_crit * se, high=mean + t_crit * se, se=se, df=float(df), p=p, significant=p < ALPHA,
                  mde=minimum_detectable(se, df), paired=paired)  # fmt: skip
 
 
@@ -196,12 +217,13 @@ def minimum_detectable(se: float, df: float) -> float:
     return (t_quantile(df, 1 - ALPHA / 2) + t_quantile(df, POWER)) * se
 
 
-def seeds_needed(effect: float, per_seed_var: float, item_var: float, most: int = 200) -> int | None:
+def seeds_needed(effect: float, per_seed_var: float, item_var: float, min_seeds: int = MIN_SEEDS,
+                 most: int = 200) -> int | None:  # fmt: skip
     """Seeds per arm for 80% power against a true difference ``effect``, given the variance of
-    one paired seed difference and the (seed-independent) item variance; None if more items,
-    not more seeds, are what is missing (or more than ``most`` seeds would be needed)."""
+    one paired seed difference and the (seed-independent) item variance; None if more than
+    ``most`` would be needed (or if item sampling alone hides the effect: see items_limit)."""
     effect = abs(effect)
-    for n in range(MIN_SEEDS, most + 1):
+    for n in range(min_seeds, most + 1):
         se = np.sqrt(per_seed_var / n + item_var)
         if minimum_detectable(float(se), n - 1) <= effect:
             return n
@@ -231,5 +253,8 @@ def noise_floor(arms: dict[str, Runs], baseline: str, effect: float, min_seeds: 
     se = float(np.sqrt(2 * pooled_var / n + item_var))
     out["seeds"] = n
     out["mde"] = minimum_detectable(se, n - 1)
-    out["seeds_for_effect"] = seeds_needed(effect, 2 * pooled_var, item_var)
+    out["seeds_for_effect"] = seeds_needed(effect, 2 * pooled_var, item_var, min_seeds)
+    # with infinitely many seeds only the item term is left: if it alone hides the effect,
+    # more items (not more seeds) are what is missing
+    out["items_limit"] = bool(minimum_detectable(float(np.sqrt(item_var)), float("inf")) > abs(effect))
     return out

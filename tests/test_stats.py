@@ -121,3 +121,23 @@ def test_noise_floor_gives_seeds_needed_for_an_effect() -> None:
     bigger = noise_floor(runs, names[0], effect=0.05)["seeds_for_effect"]
     smaller = floor["seeds_for_effect"]
     assert bigger is not None and (smaller is None or smaller >= bigger)
+
+
+def test_results_that_cannot_be_scored_stop_the_report_instead_of_passing_as_scores() -> None:
+    from evals.stats import ScoreError
+
+    ones = np.ones((3, 4))
+    with pytest.raises(ScoreError, match="finite"):
+        Runs(np.full((3, 4), np.nan), ones)
+    with pytest.raises(ScoreError, match="sum to zero"):  # 0/0 must not read as a loss of 0
+        Runs(np.zeros((3, 4)), np.zeros((3, 4)))
+    with pytest.raises(ScoreError, match="no items"):
+        Runs(np.zeros((3, 0)), np.zeros((3, 0)))
+
+
+def test_seeds_that_change_nothing_measure_no_noise() -> None:
+    seeds = ("seed-0", "seed-1", "seed-2")
+    same = Runs(np.ones((3, 20)), np.ones((3, 20)), seeds=seeds)
+    worse = Runs(np.full((3, 20), 2.0), np.ones((3, 20)), seeds=seeds)
+    d = delta(worse, same)
+    assert not d.tested and "identical runs" in d.reason and "significant" not in d.to_dict()
