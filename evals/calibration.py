@@ -78,23 +78,29 @@ def measure(arms: dict[str, Runs]) -> NoiseModel:
     )  # fmt: skip
 
 
+def draw(model: NoiseModel, seeds: int, effect: float, rng: np.random.Generator) -> tuple[Runs, Runs]:
+    """One simulated ablation from the model: an arm shifted by ``effect`` and its baseline,
+    ``seeds`` runs each over the real items' token counts, seeds paired."""
+    den = np.asarray(model.tokens, dtype=float)
+    names = tuple(f"seed-{s}" for s in range(seeds))
+    item = rng.normal(0, model.item_sd, den.size)
+    shared = rng.normal(0, model.shared_sd, (seeds, 1))
+    arms = []
+    for shift in (effect, 0.0):
+        run = rng.normal(0, model.run_sd, (seeds, 1))
+        noise = rng.normal(0, 1, (seeds, den.size)) * model.noise_sd / np.sqrt(den / den.mean())
+        per_item = model.mu + shift + item + shared + run + noise
+        arms.append(Runs(per_item * den, np.broadcast_to(den, per_item.shape).copy(), seeds=names))
+    return arms[0], arms[1]
+
+
 def simulate(model: NoiseModel, seeds: int, effect: float = 0.0, sims: int = 2000, rng_seed: int = 0) -> float:
     """The share of simulated two-arm ablations whose difference ``delta`` marks significant."""
     rng = np.random.default_rng(rng_seed)
-    den = np.asarray(model.tokens, dtype=float)
-    n_items = den.size
-    names = tuple(f"seed-{s}" for s in range(seeds))
     hits = 0
     for _ in range(sims):
-        item = rng.normal(0, model.item_sd, n_items)
-        shared = rng.normal(0, model.shared_sd, (seeds, 1))
-        arms = []
-        for shift in (effect, 0.0):
-            run = rng.normal(0, model.run_sd, (seeds, 1))
-            noise = rng.normal(0, 1, (seeds, n_items)) * model.noise_sd / np.sqrt(den / den.mean())
-            per_item = model.mu + shift + item + shared + run + noise
-            arms.append(Runs(per_item * den, np.broadcast_to(den, per_item.shape).copy(), seeds=names))
-        hits += bool(delta(arms[0], arms[1], min_seeds=min(seeds, MIN_SEEDS)).significant)
+        arm, baseline = draw(model, seeds, effect, rng)
+        hits += bool(delta(arm, baseline, min_seeds=min(seeds, MIN_SEEDS)).significant)
     return hits / sims
 
 

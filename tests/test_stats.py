@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from conftest import FIXTURES
 
-from evals.calibration import measure, simulate
+from evals.calibration import draw, measure, simulate
 from evals.stats import MIN_SEEDS, Runs, delta, estimate, noise_floor
 
 # Per-item heldout_loss of real quick-start runs (arms x seeds): see tests/fixtures/SOURCES.md.
@@ -59,22 +59,10 @@ def test_power_grows_with_seeds_against_a_planted_effect(noise) -> None:
 def test_a_bootstrap_over_three_seeds_would_not_be_calibrated(noise) -> None:
     """Why the t test: the naive interval (normal quantile over seeds and items) is too narrow."""
     rng = np.random.default_rng(5)
-    den = np.asarray(noise.tokens)
     hits = 0
     for _ in range(SIMS // 2):
-        item = rng.normal(0, noise.item_sd, den.size)
-        shared = rng.normal(0, noise.shared_sd, (3, 1))
-        scores = []
-        for _arm in range(2):
-            x = (
-                noise.mu
-                + item
-                + shared
-                + rng.normal(0, noise.run_sd, (3, 1))
-                + rng.normal(0, noise.noise_sd, (3, den.size))
-            )
-            scores.append((x * den).sum(1) / den.sum())
-        d = scores[0] - scores[1]
+        arm, baseline = draw(noise, 3, 0.0, rng)
+        d = arm.scores - baseline.scores
         hits += abs(d.mean()) > 1.96 * d.std(ddof=1) / np.sqrt(3)
     assert hits / (SIMS // 2) > 0.05 + TOLERANCE  # so the simulation can tell a miscalibrated method
 
