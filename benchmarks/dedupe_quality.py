@@ -39,9 +39,9 @@ from pathlib import Path
 import numpy as np
 import polars as pl
 
-from datakit.dedupe import Settings, dedupe_texts
+import datakit
 from datakit.minhash import shingle_hashes
-from datakit.record import message, new_record, to_frame
+from datakit.record import message, new_record
 from datakit.text import record_text
 
 FIXTURES = Path(__file__).resolve().parents[1] / "tests" / "fixtures"
@@ -189,10 +189,10 @@ def predicted_labels(n: int, links: list[tuple[int, int]]) -> np.ndarray:
     return np.array([find(i) for i in range(n)])
 
 
-def datakit_labels(texts: pl.Series, frame: pl.DataFrame, settings: Settings) -> np.ndarray:
-    _, clusters, notes = dedupe_texts(texts, frame, settings)
+def datakit_labels(records: list[dict], settings: dict) -> np.ndarray:
+    clusters = datakit.run("dedupe", records, **settings).side["clusters"]
     links = [(c["kept_index"], r["index"]) for c in clusters for r in c["removed"]]
-    return predicted_labels(len(texts), links)
+    return predicted_labels(len(records), links)
 
 
 def datasketch_default_labels(texts: pl.Series) -> np.ndarray:
@@ -241,24 +241,23 @@ def main() -> None:
     args = parser.parse_args()
 
     records, groups, kinds = build(args.originals, args.seed)
-    frame = to_frame(records)
     texts = pl.Series([record_text(r, "all") for r in records])
     n_neg = sum(k.startswith("hardneg") for k in kinds)
     print(f"{len(records)} records: {args.originals} originals, {len(records) - args.originals - n_neg} copies, "
           f"{n_neg} hard negatives")  # fmt: skip
 
     runs: list[tuple[str, callable]] = [
-        ("exact", lambda: datakit_labels(texts, frame, Settings(method="exact"))),
-        ("minhash (default)", lambda: datakit_labels(texts, frame, Settings(method="minhash"))),
-        ("minhash, no guard", lambda: datakit_labels(texts, frame, Settings(method="minhash", value_guard=False))),
+        ("exact", lambda: datakit_labels(records, dict(method="exact"))),
+        ("minhash (default)", lambda: datakit_labels(records, dict(method="minhash"))),
+        ("minhash, no guard", lambda: datakit_labels(records, dict(method="minhash", value_guard=False))),
     ]
     for t in (float(x) for x in args.thresholds.split(",") if x):
         for n in (int(x) for x in args.ngrams.split(",")):
-            settings = Settings(method="minhash", threshold=t, ngram=n)
-            runs.append((f"minhash t={t} n={n}", lambda s=settings: datakit_labels(texts, frame, s)))
+            settings = dict(method="minhash", threshold=t, ngram=n)
+            runs.append((f"minhash t={t} n={n}", lambda s=settings: datakit_labels(records, s)))
     if args.semantic:
-        runs.append(("semantic (cos 0.95)", lambda: datakit_labels(texts, frame, Settings(method="semantic"))))
-        runs.append(("all", lambda: datakit_labels(texts, frame, Settings(method="all"))))
+        runs.append(("semantic (cos 0.95)", lambda: datakit_labels(records, dict(method="semantic"))))
+        runs.append(("all", lambda: datakit_labels(records, dict(method="all"))))
     runs.append(("datasketch defaults", lambda: datasketch_default_labels(texts)))
 
     header = (

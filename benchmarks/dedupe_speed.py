@@ -8,7 +8,7 @@ records), or, for one record in five, a copy with 1% typos or an exact copy (dup
 - datasketch: word 5-gram shingles in Python, ``MinHash.bulk`` with xxhash's xxh32, then a
   ``MinHashLSH`` (threshold as datakit's default, its own bands x rows), query then insert,
   union-find over the candidates.
-- datakit: ``dedupe_texts`` with the default settings (exact stage, then MinHash with the
+- datakit: the ``dedupe`` step on the records in memory, with the default settings (exact stage, then MinHash with the
   numba kernel, verification by estimated Jaccard, the value guard, union-find).
 
 Both start from the same texts in a Parquet file; the time counted is the search alone.
@@ -109,22 +109,23 @@ print(time.perf_counter() - start)
 DATAKIT_SIDE = r"""
 import sys, time
 import polars as pl
-from datakit.dedupe import Settings, dedupe_texts
+import datakit
 from datakit.minhash import shingle_hashes, signatures
 signatures(*shingle_hashes(["warm up the compiled kernels once"]))
 frame = pl.read_parquet(sys.argv[1])
+records = [datakit.new_record([datakit.message("user", t)], id=i) for i, t in zip(frame["id"], frame["text"])]
 start = time.perf_counter()
-alive, clusters, notes = dedupe_texts(frame["text"], frame, Settings())
-print("removed", int((~alive).sum()), *notes, sep="\n", file=sys.stderr)
+result = datakit.run("dedupe", records)
+print(result.report.text(), file=sys.stderr)
 print(time.perf_counter() - start)
 """
 
 END_TO_END = r"""
 import sys, time
-from datakit.dedupe import dedupe
+import datakit
 start = time.perf_counter()
-summary = dedupe(sys.argv[1], sys.argv[2])
-print(summary.text(), file=sys.stderr)
+report = datakit.run("dedupe", sys.argv[1], sys.argv[2]).report
+print(report.text(), file=sys.stderr)
 print(time.perf_counter() - start)
 """
 

@@ -12,6 +12,7 @@ from datakit.convert import (
 from datakit.formats import FORMATS, FormatError, ReadOptions
 from datakit.inspect import inspect
 from datakit.io import InputError, read_rows
+from datakit.pipeline import run
 from datakit.record import CANONICAL_SCHEMA, RecordError, from_frame, message, new_record, to_frame, validate
 
 __version__ = "0.1.0"
@@ -33,6 +34,7 @@ __all__ = [
     "open_records",
     "read_records",
     "read_rows",
+    "run",
     "to_frame",
     "validate",
     "write_dataset_info",

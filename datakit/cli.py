@@ -1,4 +1,10 @@
-"""The ``datakit`` command: a thin layer that parses arguments and calls the Python API."""
+"""The ``datakit`` command: a thin layer that parses arguments and calls the Python API.
+
+The data steps' commands (dedupe, filter, select, synth, shuffle, corrupt) are generated from
+the step registry (datakit.pipeline): their flags come from each step's config dataclass, so a
+flag, its recipe key, its help and its checks cannot drift apart. Every DatakitError becomes a
+one-line message (exit status 1); a traceback means a bug in datakit.
+"""
 
 from __future__ import annotations
 
@@ -8,19 +14,13 @@ import sys
 import click
 import orjson
 
-from datakit.convert import ConversionError, convert_file, write_dataset_info
-from datakit.dedupe import DEFAULT_COSINE, DEFAULT_JACCARD, METHODS, DedupeError
-from datakit.dedupe import Settings as DedupeSettings
-from datakit.dedupe import dedupe as run_dedupe
-from datakit.filter import DEFAULT_RULES, RULES, FilterError, Limits, filter_file, parse_rules
-from datakit.formats import FORMATS, FormatError, ReadOptions
+from datakit import pipeline
+from datakit.convert import convert_file, write_dataset_info
+from datakit.errors import DatakitError, OptionError
+from datakit.formats import FORMATS, ReadOptions
 from datakit.inspect import inspect as inspect_api
 from datakit.inspect import render
-from datakit.io import InputError
-from datakit.select import DEITA_THRESHOLD, SelectError
-from datakit.select import METHODS as SELECT_METHODS
-from datakit.select import Settings as SelectSettings
-from datakit.select import select as run_select
+from datakit.options import flag_name
 
 FORMAT_CHOICE = click.Choice(list(FORMATS))
 
@@ -96,7 +96,7 @@ def convert(
         )
         if dataset_info:
             write_dataset_info(dataset_info, output, to, dataset_name)
-    except (ConversionError, FormatError, InputError, ValueError) as exc:
+    except DatakitError as exc:
         raise click.ClickException(str(exc)) from None
     if not quiet:
         click.echo(summary.text(), err=True)
@@ -111,178 +111,12 @@ def inspect(input, from_format, as_json, **read_flags) -> None:
     """Show what INPUT holds: format, records, turns, roles, lengths, empty fields, duplicates."""
     try:
         report = inspect_api(input, from_format, _read_options(**read_flags))
-    except (FormatError, InputError, ValueError) as exc:
+    except DatakitError as exc:
         raise click.ClickException(str(exc)) from None
     if as_json:
         click.echo(orjson.dumps(report, option=orjson.OPT_INDENT_2).decode())
     else:
         click.echo(render(report))
-
-
-@main.command()
-@click.argument("input", type=click.Path())
-@click.argument("output", type=click.Path())
-@click.option("--method", type=click.Choice(list(METHODS)), default="minhash", show_default=True,
-              help="exact; minhash or semantic (each after exact); all three.")  # fmt: skip
-@click.option("--on", type=click.Choice(["prompt", "response", "all"]), default="all", show_default=True,
-              help="Which turns make the text compared.")  # fmt: skip
-@click.option("--threshold", type=float, default=None,
-              help=f"Jaccard for minhash (default {DEFAULT_JACCARD}); cosine for --method semantic "
-                   f"(default {DEFAULT_COSINE}).")  # fmt: skip
-@click.option(
-    "--cosine", type=float, default=DEFAULT_COSINE, show_default=True, help="Semantic threshold with --method all."
-)
-@click.option(
-    "--keep", default="first", show_default=True, help="Which record of a cluster stays: first, longest, score:KEY."
-)
-@click.option("--clusters", type=click.Path(), default=None, help="Review file (default OUTPUT.clusters.jsonl).")
-@click.option("--to", "to", type=FORMAT_CHOICE, default=None, help="Output format (default: the input's).")
-@click.option("--from", "from_format", type=FORMAT_CHOICE, default=None, help="Input format (detected if left out).")
-@click.option("--ngram", type=int, default=5, show_default=True, help="MinHash shingle size in words.")
-@click.option("--num-perm", type=int, default=128, show_default=True, help="MinHash permutations.")
-@click.option("--backend", type=click.Choice(["numpy", "datasketch"]), default="numpy", show_default=True,
-              help="MinHash signatures: datakit's vectorised kernel, or datasketch (the reference).")  # fmt: skip
-@click.option("--model", default=None, help="Embedding model name or path (default: embedded all-MiniLM-L6-v2).")
-@click.option("--no-value-guard", is_flag=True, help="Merge similar texts even when numbers or names were swapped.")
-@click.option("--quiet", is_flag=True)
-def dedupe(input, output, method, on, threshold, cosine, keep, clusters, to, from_format, ngram, num_perm, backend,
-           model, no_value_guard, quiet) -> None:  # fmt: skip
-    """Remove exact and near duplicates from INPUT, writing OUTPUT and a clusters file to review."""
-    try:
-        settings = DedupeSettings(
-            method, on, threshold, cosine, keep, ngram, num_perm, backend, model, value_guard=not no_value_guard
-        )
-        summary = run_dedupe(input, output, settings=settings, clusters=clusters, to=to, from_format=from_format)
-    except (DedupeError, FormatError, InputError, ValueError) as exc:
-        raise click.ClickException(str(exc)) from None
-    if not quiet:
-        click.echo(summary.text(), err=True)
-
-
-@main.command(name="filter")
-@click.argument("input", type=click.Path())
-@click.argument("output", type=click.Path())
-@click.option(
-    "--rules", default=None, help=f"Comma-separated rules (default: {','.join(DEFAULT_RULES)}); all: {','.join(RULES)}."
-)
-@click.option(
-    "--rejects",
-    type=click.Path(),
-    default=None,
-    help="Rejected records with rule and reason (default OUTPUT.rejects.jsonl).",
-)
-@click.option("--annotate", is_flag=True, help="Keep every record; add meta.filter (failed rules) and meta.score.")
-@click.option("--max-prompt", type=int, default=Limits.max_prompt, show_default=True, help="Characters (or tokens).")
-@click.option(
-    "--max-response", type=int, default=Limits.max_response, show_default=True, help="Characters (or tokens)."
-)
-@click.option("--min-response", type=int, default=Limits.min_response_chars, show_default=True, help="Characters.")
-@click.option("--tokenizer", default=None, help="Count lengths in tokens of this Hugging Face tokenizer.")
-@click.option("--languages", default="en", show_default=True, help="For the language rule: languages to keep.")
-@click.option("--to", "to", type=FORMAT_CHOICE, default=None,
-              help="Output format (default: the input's; canonical with --annotate, to keep meta).")  # fmt: skip
-@click.option("--from", "from_format", type=FORMAT_CHOICE, default=None, help="Input format (detected if left out).")
-@click.option("--quiet", is_flag=True)
-def filter_command(input, output, rules, rejects, annotate, max_prompt, max_response, min_response, tokenizer,
-                   languages, to, from_format, quiet) -> None:  # fmt: skip
-    """Drop (or flag) records that fail heuristic quality rules, each with its reason."""
-    try:
-        limits = Limits(
-            min_response_chars=min_response,
-            max_prompt=max_prompt,
-            max_response=max_response,
-            tokenizer=tokenizer,
-            languages=tuple(x.strip() for x in languages.split(",") if x.strip()),
-        )
-        summary = filter_file(
-            input, output, rules=parse_rules(rules), limits=limits, rejects=rejects, annotate=annotate, to=to,
-            from_format=from_format,
-        )  # fmt: skip
-    except (FilterError, FormatError, InputError, ValueError) as exc:
-        raise click.ClickException(str(exc)) from None
-    if not quiet:
-        click.echo(summary.text(), err=True)
-
-
-@main.command(name="select")
-@click.argument("input", type=click.Path())
-@click.argument("output", type=click.Path())
-@click.option("--k", "k", type=float, required=True, help="How many records (a count, or a share below 1).")
-@click.option("--method", type=click.Choice(SELECT_METHODS), default="kcenter", show_default=True)
-@click.option("--score", default=None, help="meta key to rank by (deita needs one; cluster uses it).")
-@click.option("--seed", type=int, default=0, show_default=True)
-@click.option("--on", type=click.Choice(["prompt", "response", "all"]), default="all", show_default=True)
-@click.option("--model", default=None, help="Embedding model name or path (default: embedded all-MiniLM-L6-v2).")
-@click.option("--threshold", type=float, default=DEITA_THRESHOLD, show_default=True, help="deita: cosine limit.")
-@click.option("--clusters", type=int, default=None, help="cluster: number of k-means clusters (default about sqrt(k)).")
-@click.option("--plot", type=click.Path(), default=None, help="PNG of the 2-D projection (default OUTPUT.png).")
-@click.option(
-    "--to", "to", type=FORMAT_CHOICE, default=None, help="Output format (default: canonical, which keeps meta)."
-)
-@click.option("--from", "from_format", type=FORMAT_CHOICE, default=None, help="Input format (detected if left out).")
-@click.option("--quiet", is_flag=True)
-def select_command(input, output, k, method, score, seed, on, model, threshold, clusters, plot, to, from_format,
-                   quiet) -> None:  # fmt: skip
-    """Choose K records of INPUT: k-center, DEITA-style score-first, cluster-stratified or random."""
-    try:
-        settings = SelectSettings(k, method, score, seed, on, model, threshold, clusters)
-        summary = run_select(
-            input, output, settings=settings, to=to, from_format=from_format, plot=plot or f"{output}.png"
-        )
-    except (SelectError, DedupeError, FormatError, InputError, ValueError) as exc:
-        raise click.ClickException(str(exc)) from None
-    if not quiet:
-        click.echo(summary.text(), err=True)
-
-
-@main.command(name="synth")
-@click.argument("method", type=click.Choice(["self-instruct", "evol", "backtranslate", "judge"]))
-@click.argument("input", type=click.Path())
-@click.argument("output", type=click.Path())
-@click.option("--base-url", required=True, help="An OpenAI-compatible server, e.g. http://127.0.0.1:8000/v1.")
-@click.option("--model", required=True, help="The model name the server knows.")
-@click.option(
-    "--api-key-env", default="OPENAI_API_KEY", show_default=True, help="Environment variable holding the key."
-)
-@click.option("--concurrency", type=int, default=2, show_default=True)
-@click.option("--max-requests", type=int, default=None, help="Stop after sending this many requests.")
-@click.option("--budget-tokens", type=int, default=None, help="Stop once this many tokens are used (cached included).")
-@click.option(
-    "--price-per-million", type=float, default=None, help="Dollars per million tokens, for the cost estimate."
-)
-@click.option("--seed", type=int, default=0, show_default=True)
-@click.option(
-    "--cache", type=click.Path(), default=None, help="SQLite cache (default: $DATAKIT_CACHE_DIR/synth.sqlite)."
-)
-@click.option("--max-tokens", type=int, default=256, show_default=True)
-@click.option("--temperature", type=float, default=0.7, show_default=True)
-@click.option("--threshold", type=float, default=None, help="judge: keep >= (default 4.5); backtranslate: (default 4).")
-@click.option("--rounds", type=int, default=2, show_default=True, help="evol and self-instruct rounds.")
-@click.option("--count", type=int, default=20, show_default=True, help="self-instruct: new instructions to aim for.")
-@click.option("--json-mode", is_flag=True, help="Ask for response_format json_object (where the server supports it).")
-@click.option("--timeout", type=float, default=60.0, show_default=True, help="Seconds per request.")
-@click.option("--retries", type=int, default=4, show_default=True)
-@click.option("--quiet", is_flag=True)
-def synth_command(method, input, output, base_url, model, api_key_env, concurrency, max_requests, budget_tokens,
-                  price_per_million, seed, cache, max_tokens, temperature, threshold, rounds, count, json_mode,
-                  timeout, retries, quiet) -> None:  # fmt: skip
-    """Make data with an LLM: self-instruct, evol, backtranslate (Humpback) or judge (AlpaGasus)."""
-    from datakit.embed import cache_dir
-    from datakit.synth import ClientSettings, MethodSettings, synth
-
-    client = ClientSettings(base_url=base_url, model=model, api_key_env=api_key_env, concurrency=concurrency,
-                            timeout=timeout, max_retries=retries, max_requests=max_requests, budget_tokens=budget_tokens,
-                            price_per_million=price_per_million, cache=cache or cache_dir() / "synth.sqlite")  # fmt: skip
-    settings = MethodSettings(seed=seed, max_tokens=max_tokens, temperature=temperature, threshold=threshold,
-                              rounds=rounds, count=count, json_mode=json_mode)  # fmt: skip
-    try:
-        summary = synth(method, input, output, client, settings, progress=not quiet and sys.stderr.isatty())
-    except (ConversionError, FormatError, InputError, ValueError) as exc:
-        raise click.ClickException(str(exc)) from None
-    if not quiet:
-        click.echo(summary.text(), err=True)
-    if summary.stopped:
-        sys.exit(3)
 
 
 @main.command("train")
@@ -328,7 +162,7 @@ def synth_command(method, input, output, base_url, model, api_key_env, concurren
 @click.option("--quiet", is_flag=True)
 def train_command(config_file, data, full, qlora, no_checkpointing, quiet, **flags) -> None:
     """Fine-tune a model on a dataset: LoRA (default), full or QLoRA, loss on assistant turns only."""
-    from train import ConfigError, TrainConfig, TrainError, fit
+    from train import ConfigError, TrainConfig, fit
 
     if full and qlora:
         raise click.UsageError("--full and --qlora exclude each other")
@@ -341,7 +175,7 @@ def train_command(config_file, data, full, qlora, no_checkpointing, quiet, **fla
         if not config.data:
             raise ConfigError("data: give at least one --data file")
         result = fit(config, progress=not quiet)
-    except (ConfigError, TrainError, ConversionError, FormatError, InputError) as exc:
+    except DatakitError as exc:
         raise click.ClickException(str(exc)) from None
     if not quiet:
         dropped = ", ".join(f"{n} {reason}" for reason, n in result.dropped.items()) or "none"
@@ -380,6 +214,47 @@ def models(prepare) -> None:
         hf_folder()
     for row in describe():
         click.echo(f"{row['name']:<18} {row['kind']:<20} {row['source']}\n{'':<18} {row['path']}")
+
+
+# --- the data steps, one command each, made from the registry ------------------------------
+
+
+def step_command(cls: type[pipeline.Step]) -> click.Command:
+    """``datakit <step> [ARGS] INPUT OUTPUT`` with a flag per config field and per side output."""
+    config_params = cls.Config.click_params()
+    params: list[click.Parameter] = [p for p in config_params if isinstance(p, click.Argument)]
+    params += [click.Argument(["input"], type=click.Path()), click.Argument(["output"], type=click.Path())]
+    params += [p for p in config_params if not isinstance(p, click.Argument)]
+    for name, side in cls.side_outputs.items():
+        params.append(click.Option([f"--{name}", f"side_{name}"], type=click.Path(), default=None,
+                                   help=f"{side.help} (default OUTPUT{side.suffix})"))  # fmt: skip
+    params += [
+        click.Option(["--to", "to"], type=FORMAT_CHOICE, default=None, help="Output format (default: the input's)."),
+        click.Option(["--from", "from_format"], type=FORMAT_CHOICE, default=None, help="Input format (detected)."),
+        click.Option(["--quiet"], is_flag=True, help="No summary on stderr."),
+    ]
+    config_keys = [p.name for p in config_params]
+
+    def callback(input, output, to, from_format, quiet, **values) -> None:
+        sides = {name: values.pop(f"side_{name}") for name in cls.side_outputs}
+        try:
+            config = cls.Config.from_mapping({k: values[k] for k in config_keys})
+            result = pipeline.run(cls, input, output, config=config, to=to, from_format=from_format,
+                                  side_paths=sides, resources={"progress": not quiet and sys.stderr.isatty()})  # fmt: skip
+        except OptionError as exc:
+            raise click.ClickException(f"{flag_name(exc.key)}: {exc.problem}") from None
+        except DatakitError as exc:
+            raise click.ClickException(str(exc)) from None
+        if not quiet:
+            click.echo(result.report.text(), err=True)
+        if result.report.stopped:
+            sys.exit(3)  # stopped by a budget or limit: the output holds what was done
+
+    return click.Command(cls.name, params=params, callback=callback, help=cls.help())
+
+
+for _step in pipeline.steps().values():
+    main.add_command(step_command(_step))
 
 
 if __name__ == "__main__":

@@ -31,6 +31,7 @@ import orjson
 import polars as pl
 
 from datakit import formats
+from datakit.errors import DatakitError
 from datakit.formats import Read, ReadOptions, Rejected, Skipped, Used, WriteOptions
 from datakit.io import AtomicFile, RowWriter, SourceRow, file_kind, parse_json_line, read_rows
 from datakit.record import RecordError
@@ -43,7 +44,7 @@ REJECTS_SCHEMA = pl.Schema(
 )
 
 
-class ConversionError(ValueError):
+class ConversionError(DatakitError, ValueError):
     """A bad row met with ``on_error="fail"``: the message names the file, line and reason."""
 
 

@@ -19,11 +19,9 @@ reviewed and reversed. Every input record is either written or listed as removed
 
 from __future__ import annotations
 
-import time
-from collections import Counter, deque
-from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
-from pathlib import Path
+from collections import deque
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -31,11 +29,11 @@ import polars as pl
 from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import connected_components
 
-from datakit import formats, minhash
-from datakit.convert import open_records
-from datakit.formats import Read, ReadOptions, Rejected
-from datakit.io import RowWriter
-from datakit.record import RecordError, from_storage_row, meta_scores, to_frame
+from datakit import minhash
+from datakit.errors import OptionError
+from datakit.options import StepConfig, option
+from datakit.pipeline import Batch, Processed, SideOutput, Step, Tables, register
+from datakit.record import meta_scores, to_frame
 from datakit.text import ON_CHOICES, Texts, ValueGuard, record_text
 
 METHODS = {"exact": ("exact",), "minhash": ("exact", "minhash"), "semantic": ("exact", "semantic"),
@@ -43,35 +41,30 @@ METHODS = {"exact": ("exact",), "minhash": ("exact", "minhash"), "semantic": ("e
 DEFAULT_JACCARD = 0.45  # with 5-word shingles: measured in benchmarks/dedupe_quality.py
 DEFAULT_COSINE = 0.95
 EXACT_SEARCH_LIMIT = 20_000  # above this many records, semantic search runs within k-means partitions
-READ_BATCH = 50_000
 
 
-class DedupeError(ValueError):
-    """Bad settings or input for dedupe; the message says which."""
+KEEP_HELP = "Which record of a cluster stays: first, longest or score:KEY (highest meta[KEY])."
 
 
 @dataclass
-class Settings:
-    method: str = "minhash"
-    on: str = "all"
-    threshold: float | None = None  # Jaccard for minhash, cosine for semantic (method "semantic")
-    cosine: float = DEFAULT_COSINE  # the semantic threshold when method is "all"
-    keep: str = "first"
-    ngram: int = 5
-    num_perm: int = 128
-    backend: str = "numpy"
-    model: str | None = None
-    value_guard: bool = True  # keep apart similar texts whose numbers or names were swapped
+class DedupeConfig(StepConfig):
+    method: str = option("minhash", "exact; minhash or semantic (each after exact); all three.",
+                         choices=tuple(METHODS))  # fmt: skip
+    on: str = option("all", "Which turns make the text compared.", choices=ON_CHOICES)
+    threshold: float | None = option(None, f"Jaccard for minhash (default {DEFAULT_JACCARD}); cosine for "
+                                     f"method semantic (default {DEFAULT_COSINE}).", low=0, high=1, open_range=True)  # fmt: skip
+    cosine: float = option(DEFAULT_COSINE, "Semantic threshold with method all.", low=0, high=1, open_range=True)
+    keep: str = option("first", KEEP_HELP)
+    ngram: int = option(5, "MinHash shingle size in words.", low=1)
+    num_perm: int = option(128, "MinHash permutations.", low=8, high=1024)
+    backend: str = option("numpy", "MinHash signatures: datakit's vectorised kernel, or datasketch (the reference).",
+                          choices=("numpy", "datasketch"))  # fmt: skip
+    model: str | None = option(None, "Embedding model name or path (default: embedded all-MiniLM-L6-v2).")
+    value_guard: bool = option(True, "Keep apart similar texts whose numbers or names were swapped.")
 
-    def __post_init__(self) -> None:
-        if self.method not in METHODS:
-            raise DedupeError(f"--method must be one of {', '.join(METHODS)}, not {self.method!r}")
-        if self.on not in ON_CHOICES:
-            raise DedupeError(f"--on must be one of {', '.join(ON_CHOICES)}, not {self.on!r}")
-        if not (self.keep in ("first", "longest") or self.keep.startswith("score:")):
-            raise DedupeError(f"--keep must be first, longest or score:KEY, not {self.keep!r}")
-        if self.threshold is not None and not 0 < self.threshold < 1:
-            raise DedupeError(f"--threshold must be between 0 and 1, got {self.threshold}")
+    def check(self) -> None:
+        if not (self.keep in ("first", "longest") or (self.keep.startswith("score:") and len(self.keep) > 6)):
+            raise OptionError("keep", f"must be first, longest or score:KEY, not {self.keep!r}")
 
     @property
     def jaccard(self) -> float:
@@ -82,111 +75,89 @@ class Settings:
         return self.threshold if self.threshold is not None and self.method == "semantic" else self.cosine
 
 
-@dataclass
-class Summary:
-    input: str
-    output: str
-    clusters_path: str | None
-    settings: dict[str, Any]
-    read: int = 0
-    kept: int = 0
-    removed: int = 0
-    removed_by_stage: dict[str, int] = field(default_factory=dict)
-    clusters_by_stage: dict[str, int] = field(default_factory=dict)
-    notes: list[str] = field(default_factory=list)
-    seconds: float = 0.0
-
-    def check(self) -> None:
-        assert self.read == self.kept + self.removed == self.kept + sum(self.removed_by_stage.values()), self
-
-    def text(self) -> str:
-        lines = [f"{self.input} -> {self.output}", *self.notes]
-        lines.append(f"records: read {self.read} = kept {self.kept} + removed {self.removed}")
-        for stage, n in self.removed_by_stage.items():
-            lines.append(f"  {stage:<9} removed {n} in {self.clusters_by_stage[stage]} clusters")
-        if self.clusters_path:
-            lines.append(f"clusters: {self.clusters_path}")
-        lines.append(f"time: {self.seconds:.1f}s")
-        return "\n".join(lines)
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-
-# --- stages: each returns similar pairs (i < j, positions in the texts given) ----------
+# --- stages: each returns similar pairs (i < j, input positions) ------------------------
 
 
 @dataclass
 class StageResult:
-    pairs: np.ndarray  # int64[m, 2]
+    pairs: np.ndarray  # int64[m, 2], sorted, i < j
     similarity: np.ndarray  # float32[m]
     similarity_of: Callable[[int, int], float]  # for pairs the stage did not list (kept vs removed)
     note: str | None = None
 
 
-def exact_stage(texts: Texts, settings: Settings) -> StageResult:
-    keys = pl.DataFrame([texts.column("exact_key"), texts.column("exact_length")])
+def exact_pairs(keys: pl.DataFrame) -> StageResult:
+    """Records with equal normalised text: each joined to the first of its group."""
     groups = (
-        keys.with_row_index("i")
-        .group_by("exact_key", "exact_length", maintain_order=True)
-        .agg(pl.col("i"))
-        .filter(pl.col("i").list.len() > 1)
+        keys.group_by("exact_key", "exact_length", maintain_order=True)
+        .agg(pl.col("position"))
+        .filter(pl.col("position").list.len() > 1)
     )
     pairs = [
         np.stack([np.full(len(members) - 1, members[0]), members[1:]], axis=1)
-        for members in (np.asarray(m, dtype=np.int64) for m in groups["i"].to_list())
+        for members in (np.asarray(m, dtype=np.int64) for m in groups["position"].to_list())
     ]
     found = np.concatenate(pairs) if pairs else np.zeros((0, 2), dtype=np.int64)
     return StageResult(found, np.ones(len(found), dtype=np.float32), lambda i, j: 1.0)
 
 
-def minhash_stage(texts: Texts, settings: Settings) -> StageResult:
-    params = minhash.choose_lsh_params(settings.jaccard, settings.num_perm)
-    all_sigs, all_has_shingles = _signatures_of_set(texts, settings)
-    sigs, has_shingles = all_sigs[texts.index], all_has_shingles[texts.index]
-    if settings.backend == "datasketch":
-        pairs = minhash.candidate_pairs_datasketch(sigs, has_shingles, params)
+def minhash_pairs(tables: Tables, alive: np.ndarray, config: DedupeConfig, values: Callable) -> StageResult:
+    """Candidates from each bucket of band keys (records still alive), verified by estimated Jaccard."""
+    params = minhash.choose_lsh_params(config.jaccard, config.num_perm)
+    if config.backend == "datasketch":  # the reference path: every signature in memory
+        positions, sigs = _signatures(tables, None, len(alive))
+        eligible = alive[positions] & tables.scan("signatures").sort("position").collect()["has_shingles"].to_numpy()
+        pairs = positions[minhash.candidate_pairs_datasketch(sigs, eligible, params)]
     else:
-        pairs = minhash.candidate_pairs(minhash.band_keys(sigs, params), has_shingles)
-    similarity = minhash.estimated_jaccard(sigs, pairs)
+        found = [minhash.bucket_pairs(b.filter(_alive(alive)).collect()) for b in tables.each_bucket("bands")]
+        pairs = minhash.unique_pairs(np.concatenate(found)) if found else np.zeros((0, 2), dtype=np.int64)
+    involved, sigs = _signatures(tables, np.unique(pairs), len(alive))
+    local = np.searchsorted(involved, pairs)
+    similarity = minhash.estimated_jaccard(sigs, local)
     keep = similarity >= params.threshold
+    note = f"{params.describe()}; {len(pairs)} candidate pairs, {int(keep.sum())} at or above the threshold"
     pairs, similarity = pairs[keep], similarity[keep]
-    note = f"{params.describe()}; {int(keep.size)} candidate pairs, {len(pairs)} at or above the threshold"
-    pairs, similarity, guard_note = apply_value_guard(texts, pairs, similarity, settings)
-    return StageResult(pairs, similarity, lambda i, j: float((sigs[i] == sigs[j]).mean()), note + guard_note)
+    pairs, similarity, guard_note = apply_value_guard(pairs, similarity, values, config)
+
+    def similarity_of(i: int, j: int) -> float:
+        a, b = np.searchsorted(involved, [i, j])
+        return float((sigs[a] == sigs[b]).mean())
+
+    return StageResult(pairs, similarity, similarity_of, note + guard_note)
 
 
-def _signatures_of_set(texts: Texts, settings: Settings) -> tuple[np.ndarray, np.ndarray]:
-    """MinHash signatures of every text of the set (computed once, shared by its views), and
-    which texts have shingles at all. Words and shingles are dropped as soon as they are used."""
-    key = ("minhash", settings.ngram, settings.num_perm, settings.backend)
-    if key not in texts.shared:
-        hashes, offsets = minhash.shingle_hashes(texts, settings.ngram)
-        texts.drop_words()
-        if settings.backend == "datasketch":
-            sigs = minhash.signatures_datasketch(hashes, offsets, settings.num_perm)
-        elif settings.backend == "numpy":
-            sigs = minhash.signatures(hashes, offsets, settings.num_perm)
-        else:
-            raise DedupeError(f"--backend must be numpy or datasketch, not {settings.backend!r}")
-        texts.shared[key] = (sigs, np.diff(offsets) > 0)
-    return texts.shared[key]
+def _alive(alive: np.ndarray) -> pl.Expr:
+    """A filter on rows whose record (by position) is marked in the mask ``alive``."""
+    return pl.lit(pl.Series(alive)).gather(pl.col("position"))
+
+
+def _signatures(tables: Tables, positions: np.ndarray | None, n: int) -> tuple[np.ndarray, np.ndarray]:
+    """(sorted positions, their signatures): the ones asked for, or all ``n``."""
+    frame = tables.scan("signatures")
+    if frame is None:
+        return np.zeros(0, dtype=np.int64), np.zeros((0, 1), dtype=np.uint32)
+    if positions is not None:
+        wanted = np.zeros(n, dtype=bool)
+        wanted[positions] = True
+        frame = frame.filter(_alive(wanted))
+    frame = frame.sort("position").collect()
+    return frame["position"].to_numpy().astype(np.int64), frame["signature"].to_numpy()
 
 
 def apply_value_guard(
-    texts: Texts, pairs: np.ndarray, similarity: np.ndarray, settings: Settings
+    pairs: np.ndarray, similarity: np.ndarray, values: Callable, config: DedupeConfig
 ) -> tuple[np.ndarray, np.ndarray, str]:
     """Drop pairs whose texts differ by swapped numbers or names (datakit.text.ValueGuard).
 
     Pairs are taken most similar first, and a pair whose two records are already joined
     through other pairs is kept without a check: it cannot change the clusters, so the
-    guard only runs where it decides something.
+    guard only runs where it decides something. ``values(positions)`` gives the records' values.
     """
-    if not settings.value_guard or len(pairs) == 0:
+    if not config.value_guard or len(pairs) == 0:
         return pairs, similarity, ""
     involved, local = np.unique(pairs, return_inverse=True)
     local = local.reshape(pairs.shape)
-    guard = ValueGuard(texts.take(involved))
+    guard = ValueGuard(values(involved))
     parent = list(range(len(involved)))
 
     def find(x: int) -> int:
@@ -207,12 +178,12 @@ def apply_value_guard(
     return pairs[keep], similarity[keep], f"; {int((~keep).sum())} kept apart by the value guard"
 
 
-def semantic_stage(texts: Texts, settings: Settings, embedder=None) -> StageResult:
-    from datakit.embed import Embedder
-
-    embedder = embedder or Embedder(settings.model, progress=True)
-    vectors = embedder(texts.raw.to_list())
-    threshold = settings.cosine_threshold
+def semantic_pairs(tables: Tables, alive: np.ndarray, config: DedupeConfig, values: Callable, embedder) -> StageResult:
+    """Pairs of records still alive whose embeddings have cosine >= the threshold."""
+    frame = tables.scan("vectors").filter(_alive(alive)).sort("position").collect()
+    index = frame["position"].to_numpy().astype(np.int64)
+    vectors = frame["vector"].to_numpy()
+    threshold = config.cosine_threshold
     if len(vectors) <= EXACT_SEARCH_LIMIT:
         groups = [np.arange(len(vectors))]
         how = "exact blocked search"
@@ -227,9 +198,14 @@ def semantic_stage(texts: Texts, settings: Settings, embedder=None) -> StageResu
     found = np.concatenate(pairs) if pairs else np.zeros((0, 2), dtype=np.int64)
     found.sort(axis=1)
     note = f"semantic: {embedder.model_name}, cosine >= {threshold}, {how}; {embedder.embedded} texts embedded"
-    note += f" ({len(vectors) - embedder.embedded} from cache); {len(found)} pairs"
-    found, similarity, guard_note = apply_value_guard(texts, found, np.concatenate(sims), settings)
-    return StageResult(found, similarity, lambda i, j: float(vectors[i] @ vectors[j]), note + guard_note)
+    note += f" now (the rest from the cache); {len(found)} pairs"
+    found, similarity, guard_note = apply_value_guard(index[found], np.concatenate(sims), values, config)
+
+    def similarity_of(i: int, j: int) -> float:
+        a, b = np.searchsorted(index, [i, j])
+        return float(vectors[a] @ vectors[b])
+
+    return StageResult(found, similarity, similarity_of, note + guard_note)
 
 
 def cosine_pairs(vectors: np.ndarray, threshold: float, block: int = 2048) -> tuple[np.ndarray, np.ndarray]:
@@ -253,9 +229,6 @@ def _kmeans_partitions(vectors: np.ndarray, per_partition: int = 5_000) -> list[
     return [np.flatnonzero(labels == c) for c in range(k) if (labels == c).any()]
 
 
-STAGES = {"exact": exact_stage, "minhash": minhash_stage, "semantic": semantic_stage}
-
-
 # --- clusters and the keep policy ------------------------------------------------------
 
 
@@ -266,7 +239,7 @@ def clusters_from_pairs(n: int, pairs: np.ndarray) -> list[tuple[np.ndarray, np.
         return []
     graph = coo_matrix((np.ones(len(pairs)), (pairs[:, 0], pairs[:, 1])), shape=(n, n))
     _, labels = connected_components(graph, directed=False)
-    members = _split_by(labels, np.arange(n))
+    members = _split_by(labels[np.unique(pairs)], np.unique(pairs))
     pair_groups = _split_by(labels[pairs[:, 0]], np.arange(len(pairs)))
     return [(members[label], pair_groups[label]) for label in pair_groups]
 
@@ -278,17 +251,14 @@ def _split_by(labels: np.ndarray, values: np.ndarray) -> dict[int, np.ndarray]:
     return {int(sorted_labels[s]): values[group] for s, group in zip(starts, np.split(order, starts[1:]), strict=True)}
 
 
-def keep_order(settings: Settings, texts: pl.Series, records: pl.DataFrame) -> np.ndarray:
-    """A rank per record: in each cluster the record with the lowest rank is kept."""
-    n = len(texts)
-    position = np.arange(n, dtype=np.float64)
-    if settings.keep == "first":
+def keep_rank(config: DedupeConfig, records: pl.DataFrame) -> np.ndarray:
+    """A rank per record (by position): in each cluster the record with the lowest rank is kept."""
+    position = np.arange(records.height, dtype=np.float64)
+    if config.keep == "first":
         return position
-    if settings.keep == "longest":
-        length = texts.str.len_chars().to_numpy().astype(np.float64)
-        return np.lexsort((position, -length)).argsort()
-    key = settings.keep.split(":", 1)[1]
-    scores = meta_scores(records, key)
+    if config.keep == "longest":
+        return np.lexsort((position, -records["length"].to_numpy().astype(np.float64))).argsort()
+    scores = records["score"].to_numpy().astype(np.float64)
     return np.lexsort((position, -np.nan_to_num(scores, nan=-np.inf))).argsort()
 
 
@@ -311,113 +281,148 @@ def _links(kept: int, pairs: np.ndarray, sims: np.ndarray) -> dict[int, tuple[in
     return links
 
 
-def dedupe_texts(
-    texts: pl.Series, records: pl.DataFrame, settings: Settings, embedder=None
-) -> tuple[np.ndarray, list[dict[str, Any]], list[str]]:
-    """(mask of records kept, clusters for the review file, notes) for texts in input order."""
-    n = len(texts)
-    prepared = Texts.of(texts)
-    alive = np.ones(n, dtype=bool)
-    rank = keep_order(settings, texts, records)
-    ids = records["id"].to_list()
-    clusters: list[dict[str, Any]] = []
-    notes: list[str] = []
-    for stage in METHODS[settings.method]:
-        index = np.flatnonzero(alive)  # stage positions -> record positions
-        if len(index) < 2:
-            continue
-        run = STAGES[stage]
-        result = (
-            run(prepared.take(index), settings, embedder)
-            if stage == "semantic"
-            else run(prepared.take(index), settings)
-        )
-        if result.note:
-            notes.append(result.note)
-        for members, pair_index in clusters_from_pairs(len(index), result.pairs):
-            kept = int(members[np.argmin(rank[index[members]])])
+@dataclass
+class StageClusters:
+    """One stage's clusters, kept compact until the review file is written."""
+
+    stage: str
+    result: StageResult
+    clusters: list[tuple[int, np.ndarray, np.ndarray]]  # (kept position, member positions, pair indices)
+
+
+def review_rows(found: list[StageClusters], ids: list[str]) -> Iterator[dict[str, Any]]:
+    """The clusters file, a cluster a line: the kept record, and each removed one with its
+    similarity to the kept one and the pair that linked it."""
+    for stage in found:
+        result = stage.result
+        for kept, members, pair_index in stage.clusters:
             links = _links(kept, result.pairs[pair_index], result.similarity[pair_index])
             removed = []
             for member in sorted(int(m) for m in members if m != kept):
                 via, via_similarity = links[member]
                 removed.append(
                     {
-                        "id": ids[index[member]],
-                        "index": int(index[member]),
+                        "id": ids[member],
+                        "index": member,
                         "similarity": round(result.similarity_of(kept, member), 4),
-                        "linked_to": ids[index[via]],
+                        "linked_to": ids[via],
                         "link_similarity": round(via_similarity, 4),
                     }
                 )
-                alive[index[member]] = False
-            clusters.append(
-                {"stage": stage, "kept": ids[index[kept]], "kept_index": int(index[kept]), "removed": removed}
+            yield {"stage": stage.stage, "kept": ids[kept], "kept_index": kept, "removed": removed}
+
+
+# --- the step -----------------------------------------------------------------------------
+
+
+@register
+class Dedupe(Step):
+    """Remove exact and near duplicates, writing a clusters file to review.
+
+    scan: per batch, each record's exact key, MinHash signature and LSH band keys (and its
+    embedding for the semantic stage). The band keys are shuffled into buckets by key, so
+    records that share a band bucket land in the same bucket file. reduce: candidate pairs
+    bucket by bucket, verified by estimated Jaccard and the value guard; union-find (connected
+    components) over the verified pairs; the keep policy picks one record per cluster. Only
+    the pairs and a few numbers per record are held. process: drop the removed records.
+    """
+
+    name = "dedupe"
+    Config = DedupeConfig
+    side_outputs = {"clusters": SideOutput(".clusters.jsonl", "Review file: one cluster a line.")}
+    shuffle = {"bands": "key"}
+
+    def __init__(self, config: DedupeConfig, paths=None, **resources: Any):
+        super().__init__(config, paths, **resources)
+        self.stages = METHODS[config.method]
+        self.params = minhash.choose_lsh_params(config.jaccard, config.num_perm)
+        self.removed_by = np.zeros(0, dtype=np.int8)  # per position: 0 kept, else 1 + stage number
+        self.found: list[StageClusters] = []
+        self.ids: list[str] = []
+
+    @property
+    def embedder(self):
+        if "embedder" not in self.resources:
+            from datakit.embed import Embedder
+
+            self.resources["embedder"] = Embedder(self.config.model, progress=True)
+        return self.resources["embedder"]
+
+    def scan(self, batch: Batch) -> dict[str, pl.DataFrame]:
+        config = self.config
+        raw = [record_text(r, config.on) for r in batch.records]
+        texts = Texts.of(raw)
+        position = pl.Series("position", np.arange(batch.start, batch.start + len(batch), dtype=np.uint64))
+        records = pl.DataFrame(
+            {
+                "position": position,
+                "id": [r["id"] for r in batch.records],
+                "exact_key": texts.column("exact_key"),
+                "exact_length": texts.column("exact_length"),
+                "length": pl.Series(raw, dtype=pl.String).str.len_chars(),
+                "values": texts.column("values"),
+            }
+        )
+        if config.keep.startswith("score:"):
+            records = records.with_columns(score=pl.Series(meta_scores(to_frame(batch.records), config.keep[6:])))
+        tables = {"records": records}
+        if "minhash" in self.stages:
+            hashes, offsets = minhash.shingle_hashes(texts, config.ngram)
+            texts.drop_words()
+            sigs = (minhash.signatures if config.backend == "numpy" else minhash.signatures_datasketch)(
+                hashes, offsets, config.num_perm
             )
-    return alive, clusters, notes
+            has_shingles = np.diff(offsets) > 0
+            tables["signatures"] = pl.DataFrame({"position": position, "signature": sigs, "has_shingles": has_shingles})
+            keys = minhash.band_keys(sigs, self.params)[has_shingles]
+            tables["bands"] = minhash.band_rows(keys, position.to_numpy()[has_shingles])
+        if "semantic" in self.stages:
+            tables["vectors"] = pl.DataFrame({"position": position, "vector": self.embedder(raw)})
+        return tables
 
+    def reduce(self, tables: Tables) -> None:
+        records = tables.scan("records").sort("position").collect()
+        n = records.height
+        self.ids = records["id"].to_list()
+        rank = keep_rank(self.config, records)
+        alive = np.ones(n, dtype=bool)
+        self.removed_by = np.zeros(n, dtype=np.int8)
+        values_column = records["values"]
 
-# --- the file-to-file API --------------------------------------------------------------
+        def values(positions: np.ndarray) -> list:
+            return values_column.gather(positions).to_list()
 
+        keys = records.select("position", "exact_key", "exact_length")
+        for number, stage in enumerate(self.stages, 1):
+            if alive.sum() < 2:
+                continue
+            if stage == "exact":
+                result = exact_pairs(keys)
+            elif stage == "minhash":
+                result = minhash_pairs(tables, alive, self.config, values)
+            else:
+                result = semantic_pairs(tables, alive, self.config, values, self.embedder)
+            if result.note:
+                self.notes.append(result.note)
+            clusters = []
+            for members, pair_index in clusters_from_pairs(n, result.pairs):
+                kept = int(members[np.argmin(rank[members])])
+                clusters.append((kept, members, pair_index))
+                gone = members[members != kept]
+                alive[gone] = False
+                self.removed_by[gone] = number
+            self.found.append(StageClusters(stage, result, clusters))
+            self.figures[f"{stage} clusters"] = len(clusters)
 
-def load(input: str | Path, from_format: str | None, on: str, read_options: ReadOptions | None = None):
-    """(format, canonical frame, texts) of a whole input; a bad row is an error naming it."""
-    fmt, _, outcomes = open_records(input, from_format, read_options)
-    frames, texts = [], []
-    batch = []
-    for outcome in outcomes:
-        if isinstance(outcome, Rejected):
-            hint = "run `datakit convert --on-error skip` first to set bad rows aside"
-            raise DedupeError(f"{outcome.row.where()}: {outcome.reason} ({hint})")
-        if isinstance(outcome, Read):
-            batch.append(outcome.record)
-            if len(batch) >= READ_BATCH:
-                frames.append(to_frame(batch))
-                texts.append(pl.Series([record_text(r, on) for r in batch], dtype=pl.String))
-                batch = []
-    if batch or not frames:
-        frames.append(to_frame(batch))
-        texts.append(pl.Series([record_text(r, on) for r in batch], dtype=pl.String))
-    return fmt, pl.concat(frames), pl.concat(texts)
+    def process(self, batch: Batch) -> Processed:
+        out = Processed()
+        removed_by = self.removed_by[batch.start : batch.start + len(batch)]
+        for record, stage in zip(batch.records, removed_by.tolist(), strict=True):
+            if stage:
+                out.removed[f"{self.stages[stage - 1]} duplicate"] += 1
+            else:
+                out.records.append(record)
+        return out
 
-
-def dedupe(
-    input: str | Path,
-    output: str | Path,
-    *,
-    settings: Settings | None = None,
-    clusters: str | Path | None = None,
-    to: str | None = None,
-    from_format: str | None = None,
-    embedder=None,
-) -> Summary:
-    """Deduplicate ``input`` into ``output`` (format ``to``, default: the input's format)."""
-    settings = settings or Settings()
-    started = time.perf_counter()
-    fmt, records, texts = load(input, from_format, settings.on)
-    target = formats.get(to or fmt)
-    clusters = clusters if clusters is not None else f"{output}.clusters.jsonl"
-    summary = Summary(str(input), str(output), str(clusters), asdict(settings), read=len(records))
-    alive, found, notes = dedupe_texts(texts, records, settings, embedder)
-    summary.notes = notes
-    by_stage = Counter()
-    cluster_count = Counter()
-    with RowWriter(clusters, pl.Schema({"stage": pl.String}), kind="jsonl") as review:
-        for cluster in found:
-            review.write(cluster)
-            by_stage[cluster["stage"]] += len(cluster["removed"])
-            cluster_count[cluster["stage"]] += 1
-    summary.removed_by_stage = {s: by_stage[s] for s in METHODS[settings.method]}
-    summary.clusters_by_stage = {s: cluster_count[s] for s in METHODS[settings.method]}
-    write_options = formats.WriteOptions()
-    with RowWriter(output, target.SCHEMA) as writer:
-        kept_rows = records.filter(pl.Series(alive))
-        for row in kept_rows.iter_rows(named=True):
-            try:
-                writer.write(target.write(from_storage_row(row), write_options))
-            except RecordError as exc:
-                raise DedupeError(f"record {row['id']} cannot be written as {target.NAME}: {exc}") from None
-    summary.kept = int(alive.sum())
-    summary.removed = summary.read - summary.kept
-    summary.seconds = time.perf_counter() - started
-    summary.check()
-    return summary
+    def finish(self) -> Processed:
+        return Processed(side={"clusters": review_rows(self.found, self.ids)})

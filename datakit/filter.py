@@ -10,35 +10,32 @@ and ``meta["score"]`` (the share of rules it passed), which ``select`` can rank 
 from __future__ import annotations
 
 import re
-import time
 from collections import Counter
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
-from pathlib import Path
+from dataclasses import dataclass
 from typing import Any
 
-from datakit import formats
-from datakit.convert import REJECTS_SCHEMA, open_records
-from datakit.formats import Read, ReadOptions, Rejected, Skipped
-from datakit.io import RowWriter
-from datakit.record import RecordError
+from datakit.options import StepConfig, option
+from datakit.pipeline import Batch, Processed, SideOutput, Step, register
 
-
-class FilterError(ValueError):
-    """Bad settings for filter; the message says which."""
+RULE_NAMES = ("empty_response", "length", "refusal", "echo", "repetition", "code_fences", "truncated", "language")
+DEFAULT_RULES = RULE_NAMES[:-1]  # language detection is slow and needs to be told which languages
 
 
 @dataclass
-class Limits:
-    """The numbers the rules use (CLI flags map onto these)."""
+class FilterConfig(StepConfig):
+    """The rules to run and the numbers they use (one field per flag and recipe key)."""
 
-    min_response_chars: int = 2
-    max_prompt: int = 16_000  # characters, or tokens with a tokenizer
-    max_response: int = 16_000
-    tokenizer: str | None = None  # count tokens of this Hugging Face tokenizer instead of characters
-    max_repeated_ngram_share: float = 0.3  # share of word 3-grams that are repeats
-    echo_overlap: float = 0.9  # share of the prompt's word 3-grams found again in a response not much longer
-    languages: tuple[str, ...] = ("en",)
+    rules: tuple[str, ...] = option(DEFAULT_RULES, "Rules to run.", choices=RULE_NAMES)
+    annotate: bool = option(False, "Keep every record; add meta.filter (failed rules) and meta.score.")
+    min_response_chars: int = option(2, "Shortest assistant turn, in characters.", low=0, aliases=("--min-response",))
+    max_prompt: int = option(16_000, "Longest prompt, in characters (or tokens with --tokenizer).", low=1)
+    max_response: int = option(16_000, "Longest response, in characters (or tokens).", low=1)
+    tokenizer: str | None = option(None, "Count lengths in tokens of this Hugging Face tokenizer.")
+    max_repeated_ngram_share: float = option(0.3, "repetition: most word 3-grams that may repeat.", low=0, high=1)
+    echo_overlap: float = option(0.9, "echo: share of the prompt's 3-grams that makes a response an echo.",
+                                 low=0, high=1)  # fmt: skip
+    languages: tuple[str, ...] = option(("en",), "language: languages to keep.")
 
 
 def prompt_text(record: dict[str, Any]) -> str:
@@ -61,7 +58,7 @@ REFUSALS = re.compile(
 TRAILING_WORDS = {"and", "or", "the", "a", "an", "to", "of", "with", "for", "in", "that", "but", "because"}
 
 
-def empty_response(record: dict[str, Any], limits: Limits) -> str | None:
+def empty_response(record: dict[str, Any], limits: FilterConfig) -> str | None:
     """An assistant turn with (almost) nothing in it teaches the model to say nothing."""
     for i, m in enumerate(record["messages"]):
         if m["role"] == "assistant" and not m.get("tool_calls"):
@@ -71,7 +68,7 @@ def empty_response(record: dict[str, Any], limits: Limits) -> str | None:
     return None
 
 
-def length(record: dict[str, Any], limits: Limits) -> str | None:
+def length(record: dict[str, Any], limits: FilterConfig) -> str | None:
     unit = "tokens" if limits.tokenizer else "characters"
     for name, text, most in (
         ("prompt", prompt_text(record), limits.max_prompt),
@@ -86,7 +83,7 @@ def length(record: dict[str, Any], limits: Limits) -> str | None:
 _TOKENIZERS: dict[str, Any] = {}
 
 
-def _count(text: str, limits: Limits) -> int:
+def _count(text: str, limits: FilterConfig) -> int:
     if not limits.tokenizer:
         return len(text)
     if limits.tokenizer not in _TOKENIZERS:
@@ -96,12 +93,12 @@ def _count(text: str, limits: Limits) -> int:
     return len(_TOKENIZERS[limits.tokenizer](text, add_special_tokens=False)["input_ids"])
 
 
-def refusal(record: dict[str, Any], limits: Limits) -> str | None:
+def refusal(record: dict[str, Any], limits: FilterConfig) -> str | None:
     match = REFUSALS.search(response_text(record))
     return f"refusal or AI disclaimer: {match.group(0)!r}" if match else None
 
 
-def echo(record: dict[str, Any], limits: Limits) -> str | None:
+def echo(record: dict[str, Any], limits: FilterConfig) -> str | None:
     """The response is the prompt again: nearly all the prompt's word 3-grams, and little else."""
     prompt = _words(prompt_text(record))
     response = _words(response_text(record))
@@ -115,7 +112,7 @@ def echo(record: dict[str, Any], limits: Limits) -> str | None:
     return None
 
 
-def repetition(record: dict[str, Any], limits: Limits) -> str | None:
+def repetition(record: dict[str, Any], limits: FilterConfig) -> str | None:
     """An assistant turn that keeps repeating itself (turns are checked one by one: a later
     turn that quotes an earlier one's code is not repetition)."""
     for i, m in enumerate(record["messages"]):
@@ -132,12 +129,12 @@ def repetition(record: dict[str, Any], limits: Limits) -> str | None:
     return None
 
 
-def code_fences(record: dict[str, Any], limits: Limits) -> str | None:
+def code_fences(record: dict[str, Any], limits: FilterConfig) -> str | None:
     fences = len(re.findall(r"^\s*```", response_text(record), re.MULTILINE))
     return f"unbalanced code fences ({fences} ``` lines)" if fences % 2 else None
 
 
-def truncated(record: dict[str, Any], limits: Limits) -> str | None:
+def truncated(record: dict[str, Any], limits: FilterConfig) -> str | None:
     text = response_text(record).rstrip()
     if not text:
         return None
@@ -149,7 +146,7 @@ def truncated(record: dict[str, Any], limits: Limits) -> str | None:
     return None
 
 
-def language(record: dict[str, Any], limits: Limits) -> str | None:
+def language(record: dict[str, Any], limits: FilterConfig) -> str | None:
     from langdetect import DetectorFactory, LangDetectException, detect
 
     DetectorFactory.seed = 0  # langdetect is random without a seed
@@ -169,7 +166,7 @@ def _words(text: str) -> list[str]:
     return re.findall(r"\w+", text.lower())
 
 
-Rule = Callable[[dict[str, Any], Limits], "str | None"]
+Rule = Callable[[dict[str, Any], FilterConfig], "str | None"]
 RULES: dict[str, Rule] = {
     "empty_response": empty_response,
     "length": length,
@@ -180,106 +177,42 @@ RULES: dict[str, Rule] = {
     "truncated": truncated,
     "language": language,
 }
-DEFAULT_RULES = ("empty_response", "length", "refusal", "echo", "repetition", "code_fences", "truncated")
+assert tuple(RULES) == RULE_NAMES
 
 
-def parse_rules(names: str | None) -> tuple[str, ...]:
-    if not names:
-        return DEFAULT_RULES
-    chosen = tuple(n.strip() for n in names.split(",") if n.strip())
-    unknown = [n for n in chosen if n not in RULES]
-    if unknown:
-        raise FilterError(f"unknown rule {', '.join(unknown)}; rules: {', '.join(RULES)}")
-    return chosen
-
-
-def check(record: dict[str, Any], rules: tuple[str, ...], limits: Limits) -> list[tuple[str, str]]:
+def check(record: dict[str, Any], rules: tuple[str, ...], limits: FilterConfig) -> list[tuple[str, str]]:
     """(rule, reason) for every rule the record fails."""
     return [(name, reason) for name in rules if (reason := RULES[name](record, limits)) is not None]
 
 
-# --- the file-to-file API --------------------------------------------------------------
+# --- the step ---------------------------------------------------------------------------
 
 
-@dataclass
-class Summary:
-    input: str
-    output: str
-    rejects_path: str | None
-    rules: tuple[str, ...]
-    annotate: bool
-    read: int = 0
-    written: int = 0
-    rejected: int = 0
-    by_rule: Counter = field(default_factory=Counter)
-    seconds: float = 0.0
+@register
+class Filter(Step):
+    """Drop (or flag) records that fail heuristic quality rules, each with its reason."""
 
-    def check(self) -> None:
-        assert self.read == self.written + self.rejected, self
+    name = "filter"
+    Config = FilterConfig
+    side_outputs = {"rejects": SideOutput(".rejects.jsonl", "Rejected records with rule and reason.")}
 
-    def text(self) -> str:
-        verb = "flagged" if self.annotate else "rejected"
-        lines = [
-            f"{self.input} -> {self.output}",
-            f"rules: {', '.join(self.rules)}",
-            f"records: read {self.read} = written {self.written} + rejected {self.rejected}",
-        ]
-        for rule, n in self.by_rule.most_common():
-            lines.append(f"  {n:>8}  {verb} by {rule}")
-        if self.rejects_path and not self.annotate:
-            lines.append(f"rejects: {self.rejects_path}")
-        lines.append(f"time: {self.seconds:.1f}s")
-        return "\n".join(lines)
+    def target_format(self, input_format: str) -> str:
+        return "canonical" if self.config.annotate else input_format  # only canonical keeps meta
 
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-
-def filter_file(
-    input: str | Path,
-    output: str | Path,
-    *,
-    rules: tuple[str, ...] = DEFAULT_RULES,
-    limits: Limits | None = None,
-    rejects: str | Path | None = None,
-    annotate: bool = False,
-    to: str | None = None,
-    from_format: str | None = None,
-    read_options: ReadOptions | None = None,
-) -> Summary:
-    """Apply the rules to every record of ``input``; see the module docstring."""
-    limits = limits or Limits()
-    started = time.perf_counter()
-    fmt, _, outcomes = open_records(input, from_format, read_options)
-    # the annotations live in meta, which only the canonical record can hold
-    target = formats.get(to or ("canonical" if annotate else fmt))
-    rejects = rejects if rejects is not None else f"{output}.rejects.jsonl"
-    summary = Summary(str(input), str(output), str(rejects), rules, annotate)
-    write_options = formats.WriteOptions()
-    with RowWriter(output, target.SCHEMA) as writer, RowWriter(rejects, REJECTS_SCHEMA, kind="jsonl") as bad:
-        for outcome in outcomes:
-            if isinstance(outcome, Rejected):
-                raise FilterError(f"{outcome.row.where()}: {outcome.reason}")
-            if isinstance(outcome, Skipped) or not isinstance(outcome, Read):
-                continue
-            record = outcome.record
-            summary.read += 1
-            failed = check(record, rules, limits)
-            summary.by_rule.update(rule for rule, _ in failed)
-            if annotate:
+    def process(self, batch: Batch) -> Processed:
+        config = self.config
+        out = Processed(side={"rejects": []})
+        for position, record in enumerate(batch.records, batch.start):
+            failed = check(record, config.rules, config)
+            out.figures.update(f"failed {rule}" for rule, _ in failed)
+            if config.annotate:
                 record["meta"]["filter"] = {rule: reason for rule, reason in failed}
-                record["meta"]["score"] = round(1 - len(failed) / len(rules), 4)
+                record["meta"]["score"] = round(1 - len(failed) / len(config.rules), 4)
             elif failed:
                 rule, reason = failed[0]
-                row = {"stage": "filter", **outcome.row.location(), "rule": rule, "reason": reason}
-                bad.write({**row, "failed": [r for r, _ in failed], "record": record})
-                summary.rejected += 1
+                row = {"stage": "filter", "index": position, "id": record["id"], "rule": rule, "reason": reason}
+                out.side["rejects"].append({**row, "failed": [r for r, _ in failed], "record": record})
+                out.removed[f"failed {rule}"] += 1
                 continue
-            try:
-                writer.write(target.write(record, write_options))
-            except RecordError as exc:
-                raise FilterError(f"{outcome.row.where()}: cannot be written as {target.NAME}: {exc}") from None
-            summary.written += 1
-    summary.seconds = time.perf_counter() - started
-    summary.check()
-    return summary
+            out.records.append(record)
+        return out

@@ -10,6 +10,7 @@ from __future__ import annotations
 import csv
 import gzip
 import io
+import json
 import os
 import shutil
 import sys
@@ -22,12 +23,14 @@ from typing import IO, Any
 import orjson
 import polars as pl
 
+from datakit.errors import DatakitError
+
 TABLE_SUFFIXES = (".parquet", ".csv", ".arrow")
 SUFFIXES = (".jsonl", ".ndjson", ".json", ".parquet", ".csv", ".arrow")
 BATCH_SIZE = 10_000
 
 
-class InputError(ValueError):
+class InputError(DatakitError, ValueError):
     """A whole input that cannot be read (unknown extension, unparseable JSON array...)."""
 
 
@@ -224,6 +227,31 @@ class AtomicFile:
 
     def abort(self) -> None:
         self.tmp_path.unlink(missing_ok=True)
+
+
+def write_text(path: str | Path, text: str) -> None:
+    """Write a whole text file atomically: readers see the old file or the new one, never half."""
+    atomic = AtomicFile(path)
+    try:
+        atomic.tmp_path.write_text(text, encoding="utf-8")
+        atomic.commit()
+    except BaseException:
+        atomic.abort()
+        raise
+
+
+def write_json(path: str | Path, value: Any, indent: int = 1) -> None:
+    """``value`` as JSON, atomically (tuple keys become "a|b", other values their str)."""
+    write_text(path, json.dumps(_json_keys(value), indent=indent, default=str))
+
+
+def _json_keys(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k if isinstance(k, str) else "|".join(map(str, k)) if isinstance(k, tuple) else str(k): _json_keys(v)
+                for k, v in value.items()}  # fmt: skip
+    if isinstance(value, (list, tuple)):
+        return [_json_keys(v) for v in value]
+    return value
 
 
 def _table_value(value: Any) -> Any:

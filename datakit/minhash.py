@@ -25,6 +25,7 @@ from dataclasses import dataclass
 
 import numba
 import numpy as np
+import polars as pl
 
 from datakit.text import Texts
 
@@ -181,39 +182,60 @@ def band_keys(sigs: np.ndarray, params: LshParams) -> np.ndarray:
 MAX_BUCKET_PAIRS = 64  # a bucket larger than this is checked as a chain plus a star, not all pairs
 
 
-def candidate_pairs(keys: np.ndarray, eligible: np.ndarray | None = None) -> np.ndarray:
-    """int64[m, 2] distinct pairs (i < j) of documents that share a band bucket.
+def bucket_pairs(frame: pl.DataFrame) -> np.ndarray:
+    """int64[m, 2] pairs (i < j, maybe repeated) of records that share a band bucket, from rows
+    (band, key, position): all of one band key's rows must be in ``frame``.
 
-    A bucket of k <= MAX_BUCKET_PAIRS documents yields all its pairs; a bigger one (many
-    copies of one text) yields each member with the first and with its neighbour, which is
-    enough to connect the copies (every pair is still verified before it counts).
+    A bucket of k <= MAX_BUCKET_PAIRS records yields all its pairs; a bigger one (many copies
+    of one text) yields each member with the first and with its neighbour, which is enough to
+    connect the copies (every pair is still verified before it counts).
     """
-    n, bands = keys.shape
-    index = np.arange(n, dtype=np.int64)
+    if frame.height == 0:
+        return np.zeros((0, 2), dtype=np.int64)
+    frame = frame.sort("band", "key", "position")
+    band, key = frame["band"].to_numpy(), frame["key"].to_numpy()
+    members = frame["position"].to_numpy().astype(np.int64)
+    starts = np.flatnonzero(np.r_[True, (band[1:] != band[:-1]) | (key[1:] != key[:-1])])
+    sizes = np.diff(np.r_[starts, len(members)])
+    pairs = [np.zeros((0, 2), dtype=np.int64)]
+    for size in np.unique(sizes[sizes > 1]):
+        group_starts = starts[sizes == size]
+        groups = members[group_starts[:, None] + np.arange(size)]  # [buckets, size]
+        if size <= MAX_BUCKET_PAIRS:
+            left, right = np.triu_indices(size, k=1)
+        else:
+            left = np.r_[np.zeros(size - 1, dtype=np.int64), np.arange(size - 1)]
+            right = np.r_[np.arange(1, size), np.arange(1, size)]
+        pairs.append(np.stack([groups[:, left].ravel(), groups[:, right].ravel()], axis=1))
+    return np.concatenate(pairs)
+
+
+def unique_pairs(pairs: np.ndarray) -> np.ndarray:
+    """Distinct pairs, each as (smaller, larger), sorted."""
+    if len(pairs) == 0:
+        return np.zeros((0, 2), dtype=np.int64)
+    ordered = np.sort(pairs, axis=1).astype(np.uint64)
+    keys = np.unique((ordered[:, 0] << np.uint64(32)) | ordered[:, 1])
+    return np.stack([keys >> np.uint64(32), keys & np.uint64(0xFFFFFFFF)], axis=1).astype(np.int64)
+
+
+def band_rows(keys: np.ndarray, positions: np.ndarray) -> pl.DataFrame:
+    """Band keys uint64[n, bands] of the records at ``positions`` as rows (band, key, position)."""
+    return pl.DataFrame(
+        {
+            "band": np.tile(np.arange(keys.shape[1], dtype=np.uint16), len(keys)),
+            "key": keys.ravel(),
+            "position": np.repeat(positions.astype(np.uint64), keys.shape[1]),
+        }
+    )
+
+
+def candidate_pairs(keys: np.ndarray, eligible: np.ndarray | None = None) -> np.ndarray:
+    """int64[m, 2] distinct pairs (i < j) of documents that share a band bucket (all in memory)."""
+    index = np.arange(len(keys), dtype=np.int64)
     if eligible is not None:
         index = index[eligible]
-    pairs = []
-    for band in range(bands):
-        column = keys[index, band]
-        order = np.argsort(column, kind="stable")
-        sorted_keys, members = column[order], index[order]
-        starts = np.flatnonzero(np.r_[True, sorted_keys[1:] != sorted_keys[:-1]])
-        sizes = np.diff(np.r_[starts, len(sorted_keys)])
-        for size in np.unique(sizes[sizes > 1]):
-            group_starts = starts[sizes == size]
-            groups = members[group_starts[:, None] + np.arange(size)]  # [buckets, size]
-            if size <= MAX_BUCKET_PAIRS:
-                left, right = np.triu_indices(size, k=1)
-            else:
-                left = np.r_[np.zeros(size - 1, dtype=np.int64), np.arange(size - 1)]
-                right = np.r_[np.arange(1, size), np.arange(1, size)]
-            pairs.append(np.stack([groups[:, left].ravel(), groups[:, right].ravel()], axis=1))
-    if not pairs:
-        return np.zeros((0, 2), dtype=np.int64)
-    found = np.concatenate(pairs)
-    found.sort(axis=1)
-    keys = np.unique(found[:, 0].astype(np.uint64) * np.uint64(n) + found[:, 1].astype(np.uint64))
-    return np.stack([keys // np.uint64(n), keys % np.uint64(n)], axis=1).astype(np.int64)
+    return unique_pairs(bucket_pairs(band_rows(keys[index], index)))
 
 
 def estimated_jaccard(sigs: np.ndarray, pairs: np.ndarray, chunk: int = 200_000) -> np.ndarray:

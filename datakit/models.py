@@ -26,6 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from datakit.embed import cache_dir
+from datakit.errors import DatakitError
 
 
 @dataclass(frozen=True)
@@ -51,7 +52,7 @@ SMOLLM2 = EmbeddedLLM(
 EMBEDDED_LLMS = {SMOLLM2.name: SMOLLM2}
 
 
-class ModelError(RuntimeError):
+class ModelError(DatakitError, RuntimeError):
     """An embedded model that cannot be found or prepared; the message says what to do."""
 
 

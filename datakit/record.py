@@ -29,6 +29,8 @@ import orjson
 import polars as pl
 import xxhash
 
+from datakit.errors import DatakitError
+
 ROLES = ("system", "user", "assistant", "tool")
 
 TOOL_CALL_DTYPE = pl.Struct({"id": pl.String, "name": pl.String, "arguments": pl.String})
@@ -52,7 +54,7 @@ CANONICAL_SCHEMA = pl.Schema(
 )
 
 
-class RecordError(ValueError):
+class RecordError(DatakitError, ValueError):
     """A record that cannot be read or written; the message is the reason."""
 
 

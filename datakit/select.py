@@ -16,55 +16,46 @@ projection (PCA) of all records with the chosen ones marked.
 
 from __future__ import annotations
 
-import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+import polars as pl
 
-from datakit import formats
-from datakit.dedupe import load
-from datakit.formats import ReadOptions
-from datakit.io import AtomicFile, RowWriter
-from datakit.record import RecordError, from_storage_row, meta_scores
-from datakit.text import ON_CHOICES
+from datakit.errors import OptionError, StepError
+from datakit.io import AtomicFile
+from datakit.options import StepConfig, option
+from datakit.pipeline import Batch, Processed, SideOutput, Step, Tables, register
+from datakit.record import meta_scores, to_frame
+from datakit.text import ON_CHOICES, record_text
 
 METHODS = ("kcenter", "deita", "cluster", "random")
 DEITA_THRESHOLD = 0.9
 
 
-class SelectError(ValueError):
-    """Bad settings or input for select; the message says which."""
-
-
 @dataclass
-class Settings:
-    k: float = 1000  # a count, or a share of the input when below 1
-    method: str = "kcenter"
-    score: str | None = None  # meta key (or column) to rank by
-    seed: int = 0
-    on: str = "all"
-    model: str | None = None
-    threshold: float = DEITA_THRESHOLD
-    clusters: int | None = None  # k-means clusters for method "cluster" (default: about sqrt(N))
+class SelectConfig(StepConfig):
+    k: float | None = option(None, "How many records: a count, or a share of the input below 1.", low=0,
+                             open_range=True, required=True)  # fmt: skip
+    method: str = option("kcenter", "kcenter, deita (score first), cluster (stratified) or random.", choices=METHODS)
+    score: str | None = option(None, "meta key to rank by (deita needs one; cluster uses it).")
+    seed: int = option(0, "Seed of the first centre, the k-means and the random sample.")
+    on: str = option("all", "Which turns make the text embedded.", choices=ON_CHOICES)
+    model: str | None = option(None, "Embedding model name or path (default: embedded all-MiniLM-L6-v2).")
+    threshold: float = option(DEITA_THRESHOLD, "deita: cosine limit between chosen records.", low=0, high=1)
+    clusters: int | None = option(None, "cluster: number of k-means clusters (default about sqrt(k)).", low=1)
 
-    def __post_init__(self) -> None:
-        if self.method not in METHODS:
-            raise SelectError(f"--method must be one of {', '.join(METHODS)}, not {self.method!r}")
-        if self.on not in ON_CHOICES:
-            raise SelectError(f"--on must be one of {', '.join(ON_CHOICES)}, not {self.on!r}")
-        if self.k <= 0:
-            raise SelectError(f"--k must be a positive count or a share below 1, got {self.k}")
+    def check(self) -> None:
         if self.method == "deita" and not self.score:
-            raise SelectError(
-                "deita ranks by a score: pass --score KEY (for example the score `datakit filter --annotate` adds)"
+            raise OptionError(
+                "score", "deita ranks by a score: pass --score KEY (for example the score `datakit filter --annotate` adds)"
             )
 
     def count(self, n: int) -> int:
         k = round(self.k * n) if self.k < 1 else int(self.k)
         if k > n:
-            raise SelectError(f"--k {k} is more than the {n} records in the input")
+            raise StepError(f"k: {k} is more than the {n} records in the input")
         return max(1, k)
 
 
@@ -191,7 +182,7 @@ def random_sample(n: int, k: int, seed: int = 0) -> Selection:
     return Selection(np.random.default_rng(seed).choice(n, size=k, replace=False))
 
 
-def choose(vectors: np.ndarray, settings: Settings, scores: np.ndarray | None = None) -> Selection:
+def choose(vectors: np.ndarray, settings: SelectConfig, scores: np.ndarray | None = None) -> Selection:
     """The selection for normalised embeddings, by settings.method."""
     k = settings.count(len(vectors))
     if settings.method == "kcenter":
@@ -218,88 +209,82 @@ def nearest_chosen(vectors: np.ndarray, chosen: np.ndarray, block: int = 1024) -
     return nearest, similarity
 
 
-# --- the file-to-file API --------------------------------------------------------------
+# --- the step ---------------------------------------------------------------------------
 
 
-@dataclass
-class Summary:
-    input: str
-    output: str
-    method: str
-    read: int = 0
-    selected: int = 0
-    radius: float | None = None
-    plot: str | None = None
-    notes: list[str] = field(default_factory=list)
-    seconds: float = 0.0
+@register
+class Select(Step):
+    """Choose k records: k-center, DEITA-style score-first, cluster-stratified or random.
 
-    def text(self) -> str:
-        lines = [f"{self.input} -> {self.output}", *self.notes]
-        lines.append(f"{self.method}: selected {self.selected} of {self.read} records")
-        if self.radius is not None:
-            lines.append(f"covering radius (cosine distance to the nearest chosen record): {self.radius:.4f}")
-        if self.plot:
-            lines.append(f"plot: {self.plot}")
-        lines.append(f"time: {self.seconds:.1f}s")
-        return "\n".join(lines)
+    scan: embed each batch (through the disk cache) and keep its scores. reduce: choose among
+    all the vectors (held in memory: 1.5 KB a record with the default model) and draw the plot.
+    process: write the chosen records, in input order, with meta["select"].
+    """
 
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+    name = "select"
+    Config = SelectConfig
+    output_format = "canonical"  # meta["select"] needs the canonical record
+    side_outputs = {"plot": SideOutput(".png", "PNG of the 2-D projection, chosen records marked.")}
 
+    def scan(self, batch: Batch) -> dict[str, pl.DataFrame]:
+        config = self.config
+        texts = [record_text(r, config.on) for r in batch.records]
+        frame = pl.DataFrame(
+            {
+                "position": np.arange(batch.start, batch.start + len(batch), dtype=np.uint64),
+                "id": [r["id"] for r in batch.records],
+                "vector": self.embedder(texts) if texts else np.zeros((0, 1), dtype=np.float32),
+            }
+        )
+        if config.score:
+            frame = frame.with_columns(score=pl.Series(meta_scores(to_frame(batch.records), config.score)))
+        return {"vectors": frame}
 
-def select(
-    input: str | Path,
-    output: str | Path,
-    *,
-    settings: Settings | None = None,
-    to: str | None = None,
-    from_format: str | None = None,
-    plot: str | Path | None = None,
-    embedder=None,
-    read_options: ReadOptions | None = None,
-) -> Summary:
-    """Select ``settings.k`` records of ``input`` into ``output``; see the module docstring."""
-    from datakit.embed import Embedder
+    @property
+    def embedder(self):
+        if "embedder" not in self.resources:
+            from datakit.embed import Embedder
 
-    settings = settings or Settings()
-    started = time.perf_counter()
-    fmt, records, texts = load(input, from_format, settings.on, read_options)
-    summary = Summary(str(input), str(output), settings.method, read=records.height)
-    settings.count(records.height)  # fail on a too-large k before embedding anything
-    scores = meta_scores(records, settings.score) if settings.score else None
-    if scores is not None and np.isnan(scores).all():
-        raise SelectError(f"no record has a score under meta key {settings.score!r}")
-    embedder = embedder or Embedder(settings.model, progress=True)
-    vectors = embedder(texts.to_list())  # random needs none to choose, but its report does
-    selection = choose(vectors, settings, scores)
-    summary.notes += selection.notes
-    summary.radius = selection.radius if selection.radius is not None else covering_radius(vectors, selection.chosen)
-    chosen = selection.chosen
-    rank = {int(index): r for r, index in enumerate(chosen.tolist())}
-    nearest, similarity = nearest_chosen(vectors, chosen)
-    ids = records["id"].to_list()
-    target = formats.get(to or "canonical")  # meta["select"] needs the canonical record
-    write_options = formats.WriteOptions()
-    with RowWriter(output, target.SCHEMA) as writer:
-        for index in sorted(rank):  # the input's order
-            record = from_storage_row(records.row(index, named=True))
-            r = rank[index]
-            info: dict[str, Any] = {"method": settings.method, "rank": r}
+            self.resources["embedder"] = Embedder(self.config.model, progress=True)
+        return self.resources["embedder"]
+
+    def reduce(self, tables: Tables) -> None:
+        config = self.config
+        frame = tables.scan("vectors").sort("position").collect()
+        k = config.count(frame.height)
+        scores = frame["score"].to_numpy() if config.score else None
+        if scores is not None and np.isnan(scores).all():
+            raise StepError(f"score: no record has a score under meta key {config.score!r}")
+        vectors = frame["vector"].to_numpy()
+        selection = choose(vectors, config, scores)
+        self.notes += selection.notes
+        radius = selection.radius if selection.radius is not None else covering_radius(vectors, selection.chosen)
+        self.figures["covering radius (cosine distance to the nearest chosen record)"] = round(radius, 4)
+        chosen = selection.chosen
+        nearest, similarity = nearest_chosen(vectors, chosen)
+        ids = frame["id"].to_list()
+        self.chosen: dict[int, dict[str, Any]] = {}
+        for r, index in enumerate(chosen.tolist()):
+            info: dict[str, Any] = {"method": config.method, "rank": r}
             if nearest[r] >= 0:
                 info["nearest"] = ids[int(chosen[nearest[r]])]
                 info["nearest_similarity"] = round(float(similarity[r]), 4)
             if selection.clusters is not None:
                 info["cluster"] = int(selection.clusters[index])
-            record["meta"]["select"] = info
-            try:
-                writer.write(target.write(record, write_options))
-            except RecordError as exc:
-                raise SelectError(f"record {ids[index]} cannot be written as {target.NAME}: {exc}") from None
-    summary.selected = len(chosen)
-    if plot is not None:
-        summary.plot = str(draw(vectors, chosen, plot, f"{settings.method}: {len(chosen)} of {len(vectors)}"))
-    summary.seconds = time.perf_counter() - started
-    return summary
+            self.chosen[int(index)] = info
+        if self.paths.get("plot"):
+            draw(vectors, chosen, self.paths["plot"], f"{config.method}: {k} of {len(vectors)}")
+
+    def process(self, batch: Batch) -> Processed:
+        out = Processed()
+        for position, record in enumerate(batch.records, batch.start):
+            info = self.chosen.get(position)
+            if info is None:
+                out.removed["not selected"] += 1
+            else:
+                record["meta"]["select"] = info
+                out.records.append(record)
+        return out
 
 
 def draw(vectors: np.ndarray, chosen: np.ndarray, path: str | Path, title: str) -> Path:

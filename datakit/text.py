@@ -148,8 +148,8 @@ class ValueGuard:
     lacks and no typo explains them.
     """
 
-    def __init__(self, texts: Texts):
-        self._values = [frozenset(v) if v else frozenset() for v in texts.column("values").to_list()]
+    def __init__(self, values: list[list[str] | None]):
+        self._values = [frozenset(v) if v else frozenset() for v in values]
 
     def differ(self, i: int, j: int) -> str | None:
         """Why texts i and j are different records, or None when they may be duplicates."""
@@ -172,4 +172,4 @@ class ValueGuard:
 
 def changed_values(a: str, b: str) -> str | None:
     """ValueGuard for one pair of texts."""
-    return ValueGuard(Texts.of([a, b])).differ(0, 1)
+    return ValueGuard(Texts.of([a, b]).column("values").to_list()).differ(0, 1)

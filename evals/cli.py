@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from evals.recipe import RecipeError
+from datakit.errors import DatakitError
 
 
 @click.group()
@@ -19,16 +19,11 @@ def main() -> None:
 @click.option("--profile", default=None, help="Apply a profile of the recipe (tiny: a few steps and items).")
 def run_command(recipe, out, dry_run, profile) -> None:
     """Build, train and score every arm of RECIPE, then write results.md in the run folder."""
-    from datakit.convert import ConversionError
-    from datakit.formats import FormatError
-    from datakit.io import InputError
     from evals.run import run
-    from evals.stats import ScoreError
-    from train import ConfigError, TrainError
 
     try:
         run(recipe, out=out, profile=profile, dry_run=dry_run)
-    except (RecipeError, ConversionError, FormatError, InputError, ConfigError, TrainError, ScoreError) as exc:
+    except DatakitError as exc:  # the one error root: bad recipe, data, settings, model or scores
         raise click.ClickException(str(exc)) from None
 
 
@@ -39,11 +34,10 @@ def report_command(run_dir) -> None:
     from pathlib import Path
 
     from evals.report import build
-    from evals.stats import ScoreError
 
     try:
         build(run_dir)
-    except ScoreError as exc:
+    except DatakitError as exc:
         raise click.ClickException(f"{run_dir}: {exc}") from None
     click.echo((Path(run_dir) / "results.md").read_text())
 

@@ -12,32 +12,27 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-import orjson
 import torch
 
-import datakit
+from datakit import pipeline
 from datakit.convert import read_records
-from datakit.dedupe import Settings, dedupe
-from train.batches import collate
-from train.labels import tokenize
-from train.recipe import token_losses
+from train import collate, token_losses, tokenize
 
 MAX_LENGTH = 1024
 
 
-def decontaminate(heldout: list[dict[str, Any]], training_files: list[Path], workdir: Path) -> tuple[list[int], int]:
-    """(indices of held-out records to keep, how many were removed as duplicates of training data)."""
-    workdir.mkdir(parents=True, exist_ok=True)
-    combined = workdir / "heldout_and_training.jsonl"
+def decontaminate(heldout: list[dict[str, Any]], training_files: list[Path]) -> tuple[list[int], int]:
+    """(indices of held-out records to keep, how many were removed as duplicates of training data).
+
+    One dedupe (exact, then MinHash) over the held-out records followed by every training
+    record, in memory; a held-out record in a cluster with any training record is removed.
+    """
     records = list(heldout)
     for file in training_files:
         records += list(read_records(file))
-    datakit.write_records(records, combined, to="canonical")
-    clusters = workdir / "clusters.jsonl"
-    dedupe(combined, workdir / "deduped.jsonl", settings=Settings(method="minhash"), clusters=clusters)
+    clusters = pipeline.run("dedupe", records, method="minhash").side["clusters"]
     n, seen = len(heldout), set()
-    for line in clusters.read_bytes().splitlines():
-        cluster = orjson.loads(line)
+    for cluster in clusters:
         members = [cluster["kept_index"], *(r["index"] for r in cluster["removed"])]
         if any(m >= n for m in members):
             seen.update(m for m in members if m < n)

@@ -30,7 +30,7 @@ def use_shipped_punkt() -> None:
 def _datakit_lm_class():
     from lm_eval.models.huggingface import HFLM
 
-    from train.templates import prompt
+    from train import prompt
 
     class DatakitLM(HFLM):
         """HFLM that renders chat prompts with a datakit template (the one the arm trained with)."""

@@ -26,10 +26,11 @@ from typing import Any
 
 import yaml
 
-from datakit import strict_yaml
+from datakit import pipeline, strict_yaml
+from datakit.errors import DatakitError, OptionError
 from evals.stats import MIN_SEEDS
 from evals.tasks import HELDOUT, TaskError, check_name
-from train.config import ConfigError, TrainConfig
+from train import ConfigError, TrainConfig
 
 TOP_KEYS = {"name", "model", "template", "seeds", "train", "eval", "arms", "baseline", "profiles", "description"}
 ARM_KEYS = {"data", "steps", "train", "template", "eval_template", "model"}
@@ -50,7 +51,6 @@ HELDOUT_KEYS = {"path", "limit"}
 # recipe train keys -> TrainConfig fields (the short LoRA names of the issue, and the CLI's)
 TRAIN_ALIASES = {"r": "lora_r", "alpha": "lora_alpha", "dropout": "lora_dropout"}
 RUN_OWNED = {"data", "out", "resume", "model", "template", "seed"}  # set per arm and seed by the run
-STEP_NAMES = ("dedupe", "filter", "select", "synth", "shuffle", "corrupt")
 NULL_ARM = "null"  # eval.null_arm: the baseline's data in another order, beside the real arms
 # the difference each task's report says how many seeds it takes to detect (eval.effects overrides)
 DEFAULT_EFFECTS = {HELDOUT: 0.01}
@@ -66,7 +66,7 @@ TINY = {
 }
 
 
-class RecipeError(ValueError):
+class RecipeError(DatakitError, ValueError):
     """A recipe that cannot run; the message names the file and the key or path."""
 
 
@@ -157,13 +157,13 @@ def _train_values(values: dict[str, Any], where: str) -> dict[str, Any]:
 
 
 def check_step(name: str, options: dict[str, Any], where: str) -> None:
-    """Build the step's settings object now, so a bad option fails before any work."""
-    from evals.steps import settings_for
+    """Build the step's config now, so a bad option fails before any work, named by its key."""
+    from evals.steps import config_for
 
     try:
-        settings_for(name, options)
-    except (TypeError, ValueError) as exc:
-        raise RecipeError(f"{where}: {exc}") from None
+        config_for(name, options)
+    except OptionError as exc:
+        raise RecipeError(f"{where}.{exc.key}: {exc.problem}") from None
 
 
 def load(path: str | Path, profile: str | None = None) -> Recipe:
@@ -269,7 +269,7 @@ def _arm(name: str, spec: Any, where: str, root: Path, train: dict[str, Any]) ->
         arm.train_overrides = _train_values(spec["train"], f"{where}.train")
     for key in ("template", "eval_template"):
         if spec.get(key) is not None:
-            from train.templates import TEMPLATES
+            from train import TEMPLATES
 
             if spec[key] not in TEMPLATES:
                 raise RecipeError(f"{where}.{key}: {spec[key]!r} is not a template; templates: {', '.join(TEMPLATES)}")
@@ -294,8 +294,8 @@ def _arm(name: str, spec: Any, where: str, root: Path, train: dict[str, Any]) ->
         if not isinstance(step, dict) or len(step) != 1:
             raise RecipeError(f"{where}.steps[{i}]: expected one operation, like {{dedupe: {{method: minhash}}}}")
         ((op, options),) = step.items()
-        if op not in STEP_NAMES:
-            raise RecipeError(f"{where}.steps[{i}].{op}: unknown step; steps: {', '.join(STEP_NAMES)}")
+        if op not in pipeline.steps():
+            raise RecipeError(f"{where}.steps[{i}].{op}: unknown step; steps: {', '.join(pipeline.steps())}")
         options = _mapping(options or {}, f"{where}.steps[{i}].{op}")
         check_step(op, options, f"{where}.steps[{i}].{op}")
         arm.steps.append((op, options))

@@ -7,12 +7,12 @@
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from datakit.io import write_text
 from evals.recipe import DEFAULT_EFFECT, DEFAULT_EFFECTS, NULL_ARM
 from evals.stats import MIN_SEEDS, Runs, delta, estimate, noise_floor
 from evals.tasks import HELDOUT
@@ -86,8 +86,8 @@ def build(run_dir: str | Path) -> dict[str, Any]:
     results["heldout"] = info.get("heldout")
     results["timings"] = stage_totals(info["timings"])
     results["versions"] = info["versions"]
-    _write(run_dir / "results.json", json.dumps(results, indent=1))
-    _write(run_dir / "results.md", markdown(results, info))
+    write_text(run_dir / "results.json", json.dumps(results, indent=1))
+    write_text(run_dir / "results.md", markdown(results, info))
     delta_chart(results, run_dir / "deltas.png")
     loss_chart(run_dir, run_dir / "loss.png")
     return results
@@ -212,12 +212,6 @@ def delta_chart(results: dict[str, Any], png: Path) -> None:
 def loss_chart(run_dir: Path, png: Path) -> None:
     logs = sorted((run_dir / "loss").glob("*.jsonl")) if (run_dir / "loss").exists() else []
     if logs:
-        from train.recipe import plot_loss
+        from datakit.plots import plot_loss
 
         plot_loss(logs, png)
-
-
-def _write(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)

@@ -14,7 +14,6 @@ from its per-model request cache).
 from __future__ import annotations
 
 import json
-import os
 import platform
 import shutil
 import sys
@@ -26,8 +25,10 @@ from typing import Any
 
 import xxhash
 
+from datakit.io import write_json
 from evals.recipe import Arm, Recipe, load
 from evals.report import build as build_report
+from evals.steps import cache_identity
 from evals.tasks import HELDOUT, TASKS
 
 VERSION = "1"  # bump when a change to the code makes cached artifacts wrong
@@ -43,23 +44,6 @@ def file_digest(path: Path) -> str:
         while chunk := f.read(1 << 20):
             h.update(chunk)
     return h.hexdigest()
-
-
-def _jsonable(value: Any) -> Any:
-    """Step summaries may key counts by tuples (a filter's rule pairs): JSON wants string keys."""
-    if isinstance(value, dict):
-        return {k if isinstance(k, str) else "|".join(map(str, k)) if isinstance(k, tuple) else str(k): _jsonable(v)
-                for k, v in value.items()}  # fmt: skip
-    if isinstance(value, (list, tuple)):
-        return [_jsonable(v) for v in value]
-    return value
-
-
-def write_json(path: Path, value: Any) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(_jsonable(value), indent=1, default=str))
-    os.replace(tmp, path)
 
 
 @dataclass
@@ -153,7 +137,7 @@ class Plan:
         self._add(Job("data", arm.name, "-", key, f"mix {len(sources)} source(s)", path.exists(),
                              lambda a=arm, p=path: self._mix(a, p)))  # fmt: skip
         for i, (op, options) in enumerate(arm.steps):
-            key = digest("step", key, op, options)
+            key = digest("step", key, *cache_identity(op, options))
             step_path = self.cache / "data" / f"{key}.jsonl"
             self._add(Job("data", arm.name, "-", key, f"step {i + 1}: {op}", step_path.exists(),
                                  lambda o=op, opts=options, src=path, dst=step_path: self._step(o, opts, src, dst)))  # fmt: skip
@@ -181,7 +165,7 @@ class Plan:
 
         records = list(read_records(self.recipe.heldout.path))[: self.recipe.heldout_limit]
         files = sorted(set(self.data_file.values()))
-        keep, removed = decontaminate(records, files, self.cache / "heldout" / self.heldout_key)
+        keep, removed = decontaminate(records, files)
         write_json(self.heldout_file, {"records": len(records), "kept": keep, "removed": removed})
 
     def _train(self, config, out: Path) -> None:

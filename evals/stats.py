@@ -37,12 +37,14 @@ from typing import Any
 import numpy as np
 from scipy import stats as sp
 
+from datakit.errors import DatakitError
+
 MIN_SEEDS = 3
 ALPHA = 0.05  # two-sided
 POWER = 0.80  # for the minimum detectable effect and the seeds needed
 
 
-class ScoreError(ValueError):
+class ScoreError(DatakitError, ValueError):
     """Per-item results that cannot be scored (no items, a NaN, nothing to divide by)."""
 
 

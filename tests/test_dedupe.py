@@ -16,7 +16,7 @@ from conftest import bench_path, fixture_path
 
 import datakit
 from datakit import minhash
-from datakit.dedupe import DedupeError, Settings, dedupe
+from datakit.errors import StepError
 from datakit.text import changed_values
 
 ALPACA = fixture_path("llama-factory/alpaca_en_demo.json")
@@ -55,9 +55,9 @@ def test_exact_duplicates_match_an_independent_count(tmp: Path) -> None:
         key = re.sub(r"\s+", " ", prompt.lower()).strip()
         expected_removed += key in seen
         seen.add(key)
-    summary = dedupe(source, tmp / "out.json", settings=Settings(method="exact", on="prompt"))
+    summary = datakit.run("dedupe", source, tmp / "out.json", method="exact", on="prompt").report
     assert expected_removed > 100
-    assert summary.removed == summary.removed_by_stage["exact"] == expected_removed
+    assert summary.removed == {"exact duplicate": expected_removed}
     assert len(json.loads((tmp / "out.json").read_text())) == len(rows) - expected_removed
 
 
@@ -96,8 +96,8 @@ def near_duplicate_set(tmp: Path) -> tuple[Path, dict[str, str], set[str]]:
 
 def test_near_duplicates_found_hard_negatives_kept(near_duplicate_set, tmp: Path) -> None:
     path, copies, negatives = near_duplicate_set
-    summary = dedupe(path, tmp / "out.jsonl")
-    removed = removed_ids(summary.clusters_path)
+    summary = datakit.run("dedupe", path, tmp / "out.jsonl").report
+    removed = removed_ids(summary.side_outputs["clusters"])
     found = {c for c in copies if removed.get(c) == copies[c]}
     assert len(found) >= 0.9 * len(copies), sorted(set(copies) - found)
     assert not negatives & set(removed), "templated problems with other numbers were merged"
@@ -108,16 +108,16 @@ def test_near_duplicates_found_hard_negatives_kept(near_duplicate_set, tmp: Path
 def test_nothing_is_lost_and_keep_first_is_honoured(near_duplicate_set, tmp: Path) -> None:
     path, _, _ = near_duplicate_set
     ids = [json.loads(line)["id"] for line in path.read_text().splitlines()]
-    summary = dedupe(path, tmp / "out.jsonl", settings=Settings(keep="first"))
+    summary = datakit.run("dedupe", path, tmp / "out.jsonl", keep="first").report
     written = [json.loads(line)["id"] for line in (tmp / "out.jsonl").read_text().splitlines()]
-    clusters = [json.loads(line) for line in Path(summary.clusters_path).read_text().splitlines()]
+    clusters = [json.loads(line) for line in Path(summary.side_outputs["clusters"]).read_text().splitlines()]
     removed = [r["id"] for c in clusters for r in c["removed"]]
     assert sorted(written + removed) == sorted(ids)
     assert written == [i for i in ids if i not in set(removed)]  # input order kept
     for cluster in clusters:
         assert all(cluster["kept_index"] < r["index"] for r in cluster["removed"])
         assert all(0 < r["similarity"] <= 1 and r["linked_to"] for r in cluster["removed"])
-    assert summary.read == len(ids) == summary.kept + summary.removed
+    assert summary.read == len(ids) == summary.written + sum(summary.removed.values())
 
 
 def test_keep_longest_and_keep_score(tmp: Path) -> None:
@@ -136,7 +136,7 @@ def test_keep_longest_and_keep_score(tmp: Path) -> None:
     path = tmp / "in.jsonl"
     datakit.write_records(records, path)
     for keep, winner in (("first", "short"), ("longest", "long"), ("score:quality", "best")):
-        dedupe(path, tmp / f"{keep}.jsonl", settings=Settings(keep=keep, threshold=0.3))
+        datakit.run("dedupe", path, tmp / f"{keep}.jsonl", keep=keep, threshold=0.3)
         kept = [json.loads(line)["id"] for line in (tmp / f"{keep}.jsonl").read_text().splitlines()]
         assert kept == [winner], keep
 
@@ -146,9 +146,9 @@ def test_backends_agree_on_signatures_and_clusters(near_duplicate_set, tmp: Path
     texts = [json.loads(line)["output"] for line in path.read_text().splitlines()]
     hashes, offsets = minhash.shingle_hashes(texts)
     assert np.array_equal(minhash.signatures(hashes, offsets), minhash.signatures_datasketch(hashes, offsets))
-    a = dedupe(path, tmp / "a.jsonl", settings=Settings(backend="numpy"))
-    b = dedupe(path, tmp / "b.jsonl", settings=Settings(backend="datasketch"))
-    assert Path(a.clusters_path).read_text() == Path(b.clusters_path).read_text()
+    a = datakit.run("dedupe", path, tmp / "a.jsonl", backend="numpy").report
+    b = datakit.run("dedupe", path, tmp / "b.jsonl", backend="datasketch").report
+    assert Path(a.side_outputs["clusters"]).read_text() == Path(b.side_outputs["clusters"]).read_text()
     sigs = minhash.signatures(hashes, offsets)
     params = minhash.choose_lsh_params(0.45)
     ours = minhash.candidate_pairs(minhash.band_keys(sigs, params), np.diff(offsets) > 0)
@@ -181,12 +181,12 @@ def test_multi_turn_records_compare_whole_conversations(tmp: Path) -> None:
     reversed_later_turns = [{"from": t["from"], "value": t["value"][::-1]} for t in turns[2:]]
     second = {"id": "b", "conversations": turns[:2] + reversed_later_turns}
     path = write_jsonl(tmp / "chats.jsonl", [first, second])
-    assert dedupe(path, tmp / "all.jsonl", settings=Settings(on="all")).removed == 0
-    assert dedupe(path, tmp / "first.jsonl", settings=Settings(on="response", method="exact")).removed == 0
-    assert dedupe(path, tmp / "p.jsonl", settings=Settings(on="prompt", method="minhash")).removed == 0
+    assert datakit.run("dedupe", path, tmp / "all.jsonl", on="all").report.removed == {}
+    assert datakit.run("dedupe", path, tmp / "first.jsonl", on="response", method="exact").report.removed == {}
+    assert datakit.run("dedupe", path, tmp / "p.jsonl", on="prompt", method="minhash").report.removed == {}
     same_start = {"id": "c", "conversations": turns[:2]}
     path = write_jsonl(tmp / "two.jsonl", [{"id": "d", "conversations": turns[:2]}, same_start])
-    assert dedupe(path, tmp / "out.jsonl", settings=Settings(method="exact")).removed == 1
+    assert datakit.run("dedupe", path, tmp / "out.jsonl", method="exact").report.removed == {"exact duplicate": 1}
 
 
 def test_value_guard_tells_templates_from_typos() -> None:
@@ -201,8 +201,8 @@ def test_value_guard_tells_templates_from_typos() -> None:
 def test_bad_input_names_the_line(tmp: Path) -> None:
     path = tmp / "bad.jsonl"
     path.write_text('{"instruction": "a", "output": "b"}\n{"instruction": "c"}\n')
-    with pytest.raises(DedupeError, match=r"bad.jsonl:2: missing required field 'output'"):
-        dedupe(path, tmp / "out.jsonl")
+    with pytest.raises(StepError, match=r"bad.jsonl:2: missing required field 'output'"):
+        datakit.run("dedupe", path, tmp / "out.jsonl")
     assert not (tmp / "out.jsonl").exists()
 
 
@@ -216,10 +216,40 @@ def test_cli_prints_the_summary_and_writes_the_review_file(near_duplicate_set, t
     )
     assert result.returncode == 0, result.stderr
     err = result.stderr.decode()
-    assert re.search(r"records: read \d+ = kept \d+ \+ removed \d+", err)
-    assert "minhash   removed" in err and "exact     removed" in err
+    assert re.search(r"records: read \d+ = written \d+ \+ removed \d+", err)
+    assert re.search(r"\d+  minhash duplicate", err) and re.search(r"\d+  exact duplicate", err)
     by_stage = defaultdict(int)
     for line in (tmp / "review.jsonl").read_text().splitlines():
         cluster = json.loads(line)
         by_stage[cluster["stage"]] += len(cluster["removed"])
     assert sum(by_stage.values()) >= 0.9 * len(copies)
+
+
+REFERENCE = Path(__file__).parent / "fixtures" / "dedupe"
+REFERENCE_CASES = {
+    "exact": {"method": "exact"},
+    "minhash": {},
+    "minhash_longest_prompt": {"keep": "longest", "on": "prompt"},
+    "minhash_score_noguard": {"keep": "score:score", "value_guard": False, "threshold": 0.6},
+}
+
+
+@pytest.mark.parametrize("case", REFERENCE_CASES)
+def test_streaming_clusters_equal_the_in_memory_reference(case: str, tmp: Path) -> None:
+    """The clusters files the earlier in-memory dedupe (commit 69243d6) wrote for a mixed set
+    (Alpaca, planted copies, GSM8K problems with other numbers; tests/fixtures/dedupe/SOURCES.md),
+    byte for byte, with batches so small that every table is spread over many parts."""
+    from datakit.pipeline import LocalExecutor
+
+    clusters = tmp / "clusters.jsonl"
+    datakit.run("dedupe", REFERENCE / "mixed.jsonl", tmp / "out.jsonl", side_paths={"clusters": clusters},
+                executor=LocalExecutor(batch_size=97), **REFERENCE_CASES[case])  # fmt: skip
+    assert clusters.read_text() == (REFERENCE / f"clusters_{case}.jsonl").read_text()
+
+
+def test_records_in_memory_give_the_same_clusters_as_a_file(tmp: Path) -> None:
+    records = list(datakit.read_records(REFERENCE / "mixed.jsonl"))
+    result = datakit.run("dedupe", records)
+    expected = [json.loads(line) for line in (REFERENCE / "clusters_minhash.jsonl").read_text().splitlines()]
+    assert list(result.side["clusters"]) == expected
+    assert len(result.records) == len(records) - sum(len(c["removed"]) for c in expected)

@@ -240,32 +240,35 @@ def test_verdicts_null_arm_within_noise_corrupted_arm_worse_one_seed_untested(tm
 
 
 def test_corrupt_and_shuffle_damage_what_they_say_and_nothing_else() -> None:
-    from evals.steps import Corrupt, Shuffle, corrupt, shuffle
+    from datakit.errors import OptionError
+    from datakit.perturb import CorruptConfig
 
     records = list(datakit.read_records(SAMPLE))[:40]
     before = json.dumps(records)
     answer = [r["messages"][-1]["content"] for r in records]
 
-    swapped, counts = corrupt(records, Corrupt(shuffle_responses=0.5, seed=3))
+    result = datakit.run("corrupt", records, shuffle_responses=0.5, seed=3)
+    swapped, counts = result.records, result.report.figures
     changed = [i for i, r in enumerate(swapped) if r["messages"][-1]["content"] != answer[i]]
-    assert counts["responses_swapped"] == 20 and len(changed) >= 19  # two records may share an answer
+    assert counts["responses swapped"] == 20 and len(changed) >= 19  # two records may share an answer
     assert sorted(r["messages"][-1]["content"] for r in swapped) == sorted(answer)  # answers moved, not lost
     assert [r["messages"][0] for r in swapped] == [r["messages"][0] for r in records]  # prompts untouched
 
-    garbled, counts = corrupt(records, Corrupt(shuffle_words=1.0))
-    assert counts["words_shuffled"] == 40
+    result = datakit.run("corrupt", records, shuffle_words=1.0)
+    garbled, counts = result.records, result.report.figures
+    assert counts["words shuffled"] == 40
     for original, damaged in zip(answer, garbled, strict=True):
         assert sorted(original.split()) == sorted(damaged["messages"][-1]["content"].split())
     long_answers = [(g, a) for g, a in zip(garbled, answer, strict=True) if len(set(a.split())) >= 5]
     assert long_answers and all(g["messages"][-1]["content"] != a for g, a in long_answers)
 
-    reordered = shuffle(records, Shuffle(seed=1))
+    reordered = datakit.run("shuffle", records, seed=1).records
     assert reordered != records and sorted(map(json.dumps, reordered)) == sorted(map(json.dumps, records))
     assert json.dumps(records) == before  # the input records are never changed
-    with pytest.raises(ValueError, match="shuffle_words"):
-        Corrupt(shuffle_words=1.5)
-    with pytest.raises(ValueError, match="nothing to corrupt"):
-        Corrupt()
+    with pytest.raises(OptionError, match="shuffle_words: must be between 0 and 1"):
+        CorruptConfig(shuffle_words=1.5)
+    with pytest.raises(OptionError, match="nothing to corrupt"):
+        CorruptConfig()
 
 
 def test_a_repeated_key_in_a_recipe_is_an_error_not_a_lost_arm(tmp_path: Path) -> None:
@@ -285,3 +288,27 @@ def test_a_repeated_key_in_a_training_config_is_an_error(tmp_path: Path) -> None
     config.write_text("lr: 1.0e-4\nmax_steps: 5\nlr: 1.0e-2\n")
     with pytest.raises(ConfigError, match="'lr' twice"):
         TrainConfig.from_yaml(config)
+
+
+def test_an_arm_with_a_synth_step_runs_end_to_end(tmp_path: Path, monkeypatch) -> None:
+    """A recipe arm whose data is judged by an LLM (datakit serve on loopback, the embedded
+    SmolLM2) is built, trained and scored; the step's report is stored beside its output."""
+    from datakit.serve import ChatModel, start
+
+    monkeypatch.setenv("DATAKIT_CACHE_DIR", str(tmp_path / "cache"))
+    server, _ = start(ChatModel("smollm2-135m"))
+    try:
+        judge = {"method": "judge", "base_url": server.url, "model": "smollm2-135m", "max_tokens": 8,
+                 "threshold": 0, "concurrency": 1}  # fmt: skip
+        arms = {"base": {"train": False}, "judged": {"data": [{"path": "sample.jsonl"}], "steps": [{"synth": judge}]}}
+        recipe = tiny_recipe(tmp_path, arms=arms, eval={"tasks": ["heldout_loss"], "limit": 6, "batch_size": 8})
+        result = evals_cli("run", str(recipe), "--out", str(tmp_path / "run"))
+    finally:
+        server.shutdown()
+    assert result.returncode == 0, result.stderr[-3000:]
+    results = json.loads((tmp_path / "run" / "results.json").read_text())
+    assert "mean" in results["arms"]["judged"]["heldout_loss"]["estimate"]
+    reports = [json.loads(p.read_text()) for p in (tmp_path / "run" / "cache" / "data").glob("*.summary.json")]
+    (synth,) = [r for r in reports if r.get("step") == "synth"]
+    assert synth["read"] == 12 == synth["written"] + sum(synth["removed"].values())
+    assert synth["figures"]["requests answered"] == 12 and synth["written"] > 0

@@ -11,20 +11,12 @@ from conftest import fixture_path
 
 import datakit
 from datakit.embed import Embedder
-from datakit.select import (
-    SelectError,
-    Settings,
-    cluster,
-    covering_radius,
-    deita,
-    kcenter,
-    kcenter_plain,
-    random_sample,
-    select,
-)
+from datakit.errors import OptionError, StepError
+from datakit.select import SelectConfig, cluster, covering_radius, deita, kcenter, kcenter_plain, random_sample
 from datakit.text import record_text
 
 ALPACA = fixture_path("llama-factory/alpaca_en_demo.json")
+RADIUS = "covering radius (cosine distance to the nearest chosen record)"
 
 
 @pytest.fixture(scope="module")
@@ -92,27 +84,28 @@ def test_same_seed_same_selection_and_k_too_large(tmp: Path) -> None:
     outputs = []
     for run in range(2):
         out = tmp / f"run{run}.jsonl"
-        select(path, out, settings=Settings(k=30, method="random", seed=5))
+        datakit.run("select", path, out, k=30, method="random", seed=5)
         outputs.append(out.read_text())
     assert outputs[0] == outputs[1]
-    select(path, tmp / "other.jsonl", settings=Settings(k=30, method="random", seed=6))
+    datakit.run("select", path, tmp / "other.jsonl", k=30, method="random", seed=6)
     assert (tmp / "other.jsonl").read_text() != outputs[0]
-    with pytest.raises(SelectError, match="--k 500 is more than the 120 records"):
-        select(path, tmp / "too.jsonl", settings=Settings(k=500))
+    with pytest.raises(StepError, match="k: 500 is more than the 120 records"):
+        datakit.run("select", path, tmp / "too.jsonl", k=500)
     assert not (tmp / "too.jsonl").exists()
-    with pytest.raises(SelectError, match="deita ranks by a score"):
-        Settings(k=10, method="deita")
+    with pytest.raises(OptionError, match="score: deita ranks by a score"):
+        SelectConfig(k=10, method="deita")
 
 
 def test_select_writes_why_and_a_plot(tmp: Path) -> None:
     rows = json.loads(ALPACA.read_text())[:150]
     path = tmp / "in.json"
     path.write_text(json.dumps(rows))
-    summary = select(path, tmp / "half.jsonl", settings=Settings(k=0.5, method="kcenter"), plot=tmp / "half.png")
+    summary = datakit.run("select", path, tmp / "half.jsonl", k=0.5, side_paths={"plot": tmp / "half.png"}).report
     chosen = [json.loads(line) for line in (tmp / "half.jsonl").read_text().splitlines()]
-    assert summary.selected == len(chosen) == 75
+    assert summary.written == len(chosen) == 75 and summary.removed == {"not selected": 75}
     assert sorted(c["meta"]["select"]["rank"] for c in chosen) == list(range(75))
     assert all(c["meta"]["select"]["nearest"] and -1 <= c["meta"]["select"]["nearest_similarity"] <= 1 for c in chosen)
     assert [c["meta"]["source"]["index"] for c in chosen] == sorted(c["meta"]["source"]["index"] for c in chosen)
     assert (tmp / "half.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    assert summary.radius is not None and "covering radius" in summary.text()
+    assert 0 < summary.figures[RADIUS] < 1 and "covering radius" in summary.text()
+    assert summary.side_outputs["plot"] == str(tmp / "half.png")

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from conftest import fixture_path
 
-from datakit.dedupe import Settings, dedupe
+import datakit
 from datakit.embed import Embedder
 
 
@@ -30,15 +30,16 @@ def test_semantic_stage_merges_reworded_copies_and_caches_embeddings(cache: Path
     path = tmp / "in.jsonl"
     path.write_text("".join(json.dumps(r) + "\n" for r in rows))
     embedder = Embedder()
-    summary = dedupe(path, tmp / "out.jsonl", settings=Settings(method="semantic", threshold=0.9), embedder=embedder)
-    removed = {r["id"]: c["kept"] for line in Path(summary.clusters_path).read_text().splitlines()
+    summary = datakit.run("dedupe", path, tmp / "out.jsonl", method="semantic", threshold=0.9,
+                          resources={"embedder": embedder}).report
+    removed = {r["id"]: c["kept"] for line in Path(summary.side_outputs["clusters"]).read_text().splitlines()
                for c in [json.loads(line)] for r in c["removed"]}  # fmt: skip
     assert sum(removed.get(f"c{i}") == f"o{i}" for i in range(8)) >= 7
     assert all(k.startswith("c") for k in removed)
     assert embedder.embedded == len(rows)
     # a second run, a new process's worth of state: everything comes from the disk cache
     again = Embedder()
-    dedupe(path, tmp / "out2.jsonl", settings=Settings(method="semantic", threshold=0.9), embedder=again)
+    datakit.run("dedupe", path, tmp / "out2.jsonl", method="semantic", threshold=0.9, resources={"embedder": again})
     assert again.embedded == 0
     assert (tmp / "out.jsonl").read_text() == (tmp / "out2.jsonl").read_text()
 

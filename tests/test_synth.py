@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 from conftest import ROOT, fixture_path
 
-from datakit.synth import ClientSettings, MethodSettings, synth
+import datakit
 from datakit.synth.parse import RougePool, parse_score, parse_tasks
 
 ALPACA = fixture_path("llama-factory/alpaca_en_demo.json")
@@ -50,9 +50,15 @@ def pairs(tmp_path) -> Path:
     return path
 
 
-def settings_for(server, tmp_path, name="cache.sqlite", **extra) -> ClientSettings:
-    options = {"concurrency": 2, "timeout": 20, "backoff": 0.05, **extra}
-    return ClientSettings(base_url=server.url, model="smollm2-135m", cache=tmp_path / name, **options)
+def synth(method: str, source: Path, out: Path, server, tmp_path: Path, cache: str = "cache.sqlite", **options):
+    """The synth step against the test server; its report."""
+    options = {"concurrency": 2, "timeout": 20, "backoff": 0.05, **options}
+    return datakit.run("synth", source, out, method=method, base_url=server.url, model="smollm2-135m",
+                       cache=str(tmp_path / cache), **options).report  # fmt: skip
+
+
+def usage(report) -> dict[str, int]:
+    return {key.removeprefix("requests "): n for key, n in report.figures.items() if key.startswith("requests ")}
 
 
 def cached_usage(path: Path) -> int:
@@ -62,27 +68,21 @@ def cached_usage(path: Path) -> int:
 
 def test_judge_scores_with_reasons_provenance_and_token_totals(server, pairs, tmp_path) -> None:
     out = tmp_path / "judged.jsonl"
-    summary = synth("judge", pairs, out, settings_for(server, tmp_path), MethodSettings(max_tokens=12, threshold=0))
+    summary = synth("judge", pairs, out, server, tmp_path, max_tokens=12, threshold=0)
     kept = [json.loads(line) for line in out.read_text().splitlines()]
-    dropped = [json.loads(line) for line in Path(summary.rejects).read_text().splitlines()]
-    assert summary.read == 5 == len(kept) + len(dropped) == summary.generated
+    dropped = [json.loads(line) for line in Path(summary.side_outputs["rejects"]).read_text().splitlines()]
+    assert summary.read == 5 == len(kept) + len(dropped) == summary.figures["generated"]
     for record in kept:
         assert 0 <= record["meta"]["score"] <= 5
         assert record["meta"]["judge"]["method"] == "judge" and record["meta"]["judge"]["model"] == "smollm2-135m"
     assert all(d["reason"] for d in dropped)
-    assert summary.parse_failures == sum(d["reason"].startswith("unreadable judge answer") for d in dropped)
+    assert summary.figures["parse failures"] == sum(d["reason"].startswith("unreadable judge answer") for d in dropped)
     # token totals are the sum of what the server reported, answer by answer
-    u = summary.usage
+    u = usage(summary)
     assert u["prompt_tokens"] + u["completion_tokens"] == cached_usage(tmp_path / "cache.sqlite") > 0
     assert u["answered"] == 5 and u["failed"] == 0
-    again = synth(
-        "judge",
-        pairs,
-        tmp_path / "again.jsonl",
-        settings_for(server, tmp_path),
-        MethodSettings(max_tokens=12, threshold=0),
-    )
-    assert again.usage["answered"] == 0 and again.usage["cached"] == 5  # nothing is paid twice
+    again = synth("judge", pairs, tmp_path / "again.jsonl", server, tmp_path, max_tokens=12, threshold=0)
+    assert usage(again)["answered"] == 0 and usage(again)["cached"] == 5  # nothing is paid twice
     assert (tmp_path / "again.jsonl").read_text() == out.read_text()
 
 
@@ -91,12 +91,12 @@ def test_every_method_gives_valid_records_and_explains_every_drop(server, pairs,
 
     for method in ("backtranslate", "evol", "self-instruct"):
         out = tmp_path / f"{method}.jsonl"
-        settings = MethodSettings(max_tokens=40, rounds=1, count=3, threshold=1)
-        summary = synth(method, pairs, out, settings_for(server, tmp_path), settings)
+        summary = synth(method, pairs, out, server, tmp_path, max_tokens=40, rounds=1, count=3, threshold=1)
         kept = [json.loads(line) for line in out.read_text().splitlines()]
-        dropped = [json.loads(line) for line in Path(summary.rejects).read_text().splitlines()]
-        assert summary.generated >= summary.kept == len(kept), method
-        assert summary.dropped == len(dropped) and all(d["reason"] for d in dropped), method
+        dropped = [json.loads(line) for line in Path(summary.side_outputs["rejects"]).read_text().splitlines()]
+        assert summary.figures["generated"] >= summary.written == len(kept), method
+        assert sum(summary.removed.values()) == len(dropped) and all(d["reason"] for d in dropped), method
+        assert summary.consumed == summary.read == 5, method  # the sources are used, not passed on
         for record in kept:
             validate(record)
             assert record["meta"]["synth"]["method"] == method and record["meta"]["synth"]["model"] == "smollm2-135m"
@@ -109,17 +109,18 @@ def test_retries_through_faults_and_no_retry_on_a_bad_request(chat_model, pairs,
 
     server, _ = start(chat_model, faults=["429", "500", "hang", "truncated", "badjson"], hang_seconds=8)
     try:
-        settings = settings_for(server, tmp_path, timeout=4, concurrency=1, max_retries=6)
-        summary = synth("judge", pairs, tmp_path / "out.jsonl", settings, MethodSettings(max_tokens=8, threshold=0))
-        assert summary.usage["retries"] == 5 and summary.usage["failed"] == 0 and summary.usage["answered"] == 5
+        summary = synth("judge", pairs, tmp_path / "out.jsonl", server, tmp_path, timeout=4, concurrency=1,
+                        max_retries=6, max_tokens=8, threshold=0)  # fmt: skip
+        u = usage(summary)
+        assert u["retries"] == 5 and u["failed"] == 0 and u["answered"] == 5
     finally:
         server.shutdown()
     server, _ = start(chat_model, faults=["400"])
     try:
-        settings = settings_for(server, tmp_path, name="other.sqlite", concurrency=1)
-        summary = synth("judge", pairs, tmp_path / "out2.jsonl", settings, MethodSettings(max_tokens=8, threshold=0))
-        assert summary.usage["failed"] == 1 and summary.usage["retries"] == 0
-        reasons = [json.loads(line)["reason"] for line in Path(summary.rejects).read_text().splitlines()]
+        summary = synth("judge", pairs, tmp_path / "out2.jsonl", server, tmp_path, cache="other.sqlite",
+                        concurrency=1, max_tokens=8, threshold=0)  # fmt: skip
+        assert usage(summary)["failed"] == 1 and usage(summary)["retries"] == 0
+        reasons = [json.loads(line)["reason"] for line in Path(summary.side_outputs["rejects"]).read_text().splitlines()]
         assert any(r.startswith("judge request failed: HTTP 400") for r in reasons)
     finally:
         server.shutdown()
@@ -127,14 +128,12 @@ def test_retries_through_faults_and_no_retry_on_a_bad_request(chat_model, pairs,
 
 def test_budget_stops_and_a_rerun_finishes_from_the_cache(server, pairs, tmp_path) -> None:
     out = tmp_path / "out.jsonl"
-    first = synth("judge", pairs, out, settings_for(server, tmp_path, budget_tokens=600, concurrency=1),
-                  MethodSettings(max_tokens=8, threshold=0))  # fmt: skip
-    assert first.stopped and first.pending > 0 and "token budget" in first.stopped
-    second = synth(
-        "judge", pairs, out, settings_for(server, tmp_path, concurrency=1), MethodSettings(max_tokens=8, threshold=0)
-    )
-    assert second.stopped is None and second.pending == 0
-    assert second.usage["cached"] == first.usage["answered"]
+    first = synth("judge", pairs, out, server, tmp_path, budget_tokens=600, concurrency=1, max_tokens=8, threshold=0)
+    assert first.stopped and first.figures["left undone"] > 0 and "token budget" in first.stopped
+    assert first.removed["not judged (stopped early)"] == first.figures["left undone"]
+    second = synth("judge", pairs, out, server, tmp_path, concurrency=1, max_tokens=8, threshold=0)
+    assert second.stopped is None and second.figures["left undone"] == 0
+    assert usage(second)["cached"] == usage(first)["answered"]
 
 
 def run_cli(args: list[str], **kwargs) -> subprocess.Popen:

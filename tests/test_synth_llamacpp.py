@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 from conftest import fixture_path
 
-from datakit.synth import ClientSettings, MethodSettings, synth
+import datakit
 
 pytestmark = pytest.mark.llamacpp
 
@@ -53,12 +53,13 @@ def test_judge_and_resume_against_llama_cpp(llama_server: str, tmp_path: Path) -
     rows = json.loads(fixture_path("llama-factory/alpaca_en_demo.json").read_text())[:5]
     pairs = tmp_path / "pairs.json"
     pairs.write_text(json.dumps(rows))
-    client = ClientSettings(base_url=llama_server, model="smollm2", cache=tmp_path / "cache.sqlite")
-    first = synth("judge", pairs, tmp_path / "out.jsonl", client, MethodSettings(max_tokens=16, threshold=0))
+    options = {"method": "judge", "base_url": llama_server, "model": "smollm2", "cache": str(tmp_path / "cache.sqlite"),
+               "max_tokens": 16, "threshold": 0}  # fmt: skip
+    first = datakit.run("synth", pairs, tmp_path / "out.jsonl", **options).report
     kept = [json.loads(line) for line in (tmp_path / "out.jsonl").read_text().splitlines()]
-    dropped = Path(first.rejects).read_text().splitlines()
-    assert first.read == len(kept) + len(dropped) and first.usage["failed"] == 0
-    assert first.usage["prompt_tokens"] > 0 and first.usage["completion_tokens"] > 0
-    second = synth("judge", pairs, tmp_path / "again.jsonl", client, MethodSettings(max_tokens=16, threshold=0))
-    assert second.usage["answered"] == 0 and second.usage["cached"] == 5
+    dropped = Path(first.side_outputs["rejects"]).read_text().splitlines()
+    assert first.read == len(kept) + len(dropped) and first.figures["requests failed"] == 0
+    assert first.figures["requests prompt_tokens"] > 0 and first.figures["requests completion_tokens"] > 0
+    second = datakit.run("synth", pairs, tmp_path / "again.jsonl", **options).report
+    assert second.figures["requests answered"] == 0 and second.figures["requests cached"] == 5
     assert (tmp_path / "again.jsonl").read_text() == (tmp_path / "out.jsonl").read_text()

@@ -10,7 +10,12 @@
     result = fit(TrainConfig(data=["data.jsonl"], model="smollm2-135m", out="out/run", max_steps=40))
 """
 
+from train.batches import collate
 from train.config import ConfigError, TrainConfig
-from train.recipe import TrainError, TrainResult, fit, load_settings
+from train.labels import tokenize
+from train.recipe import TrainError, TrainResult, fit, load_settings, token_losses
+from train.templates import TEMPLATES, prompt
 
-__all__ = ["ConfigError", "TrainConfig", "TrainError", "TrainResult", "fit", "load_settings"]
+# the public interface: evals (and users) import these from ``train``, never its modules
+__all__ = ["TEMPLATES", "ConfigError", "TrainConfig", "TrainError", "TrainResult", "collate", "fit",
+           "load_settings", "prompt", "token_losses", "tokenize"]  # fmt: skip

@@ -16,10 +16,11 @@ from typing import Any
 import yaml
 
 from datakit import strict_yaml
+from datakit.errors import DatakitError
 from train.templates import TEMPLATES
 
 
-class ConfigError(ValueError):
+class ConfigError(DatakitError, ValueError):
     """A setting that cannot be used; the message names the key."""
 
 

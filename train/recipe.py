@@ -27,6 +27,9 @@ import torch
 import torch.nn.functional as F
 import xxhash
 
+from datakit.errors import DatakitError
+from datakit.io import write_json
+from datakit.plots import plot_loss
 from train import checkpoint
 from train.batches import MicroBatch, collate, plan_steps
 from train.config import ConfigError, TrainConfig
@@ -35,7 +38,7 @@ from train.labels import IGNORE, Tokenized, tokenize_all
 SETTINGS_FILE = "datakit.json"  # beside the adapter or model: base model, template, settings
 
 
-class TrainError(RuntimeError):
+class TrainError(DatakitError, RuntimeError):
     """A run that cannot start or continue; the message says why and what to do."""
 
 
@@ -187,33 +190,6 @@ def learning_rate(config: TrainConfig, step: int, total: int) -> float:
 
 
 # --- outputs -------------------------------------------------------------------------------
-
-
-def write_json(path: Path, value: Any) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(value, indent=2))
-    tmp.replace(path)
-
-
-def plot_loss(logs: list[Path], png: Path) -> None:
-    """Training loss against step, one line per loss log (labelled by file stem when several)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(6, 3.5))
-    for log in logs:
-        rows = [json.loads(line) for line in log.read_text().splitlines() if line.strip()]
-        ax.plot([r["step"] for r in rows], [r["loss"] for r in rows], label=log.stem)
-    ax.set_xlabel("step")
-    ax.set_ylabel("training loss (per trained token)")
-    ax.grid(alpha=0.3)
-    if len(logs) > 1:
-        ax.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(png, dpi=100)
-    plt.close(fig)
 
 
 def save_outputs(config: TrainConfig, model: torch.nn.Module, tokenizer: Any, model_path: str,

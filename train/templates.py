@@ -21,6 +21,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from datakit.errors import DatakitError
+
 ALPACA_WITH_INPUT = (
     "Below is an instruction that describes a task, paired with an input that provides further context. "
     "Write a response that appropriately completes the request.\n\n"
@@ -36,7 +38,7 @@ VICUNA_SYSTEM = (
 )
 
 
-class TemplateError(ValueError):
+class TemplateError(DatakitError, ValueError):
     """A record the template cannot render, or a tokenizer template that is not prefix-stable."""
 
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 from types import ModuleType
 from typing import Any
 
+from datakit.errors import DatakitError
 from datakit.formats import alpaca, canonical, oasst, openai, p3, sharegpt
 from datakit.formats._common import Read, ReadOptions, Rejected, Skipped, Used, WriteOptions
 
@@ -37,7 +38,7 @@ __all__ = [
 ]
 
 
-class FormatError(ValueError):
+class FormatError(DatakitError, ValueError):
     """The input's format is unknown, or could be more than one."""
 
 

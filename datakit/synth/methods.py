@@ -12,22 +12,14 @@ import random
 import re
 from dataclasses import dataclass, field
 from importlib.resources import files
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from datakit.record import message, new_record
 from datakit.synth.client import Client, Request
 from datakit.synth.parse import RougePool, parse_instance, parse_score, parse_tasks, tokens
 
-
-@dataclass
-class MethodSettings:
-    seed: int = 0
-    max_tokens: int = 256
-    temperature: float = 0.7
-    threshold: float | None = None  # judge: 4.5 (0-5 scale); backtranslate: 4 (1-5 rubric)
-    rounds: int = 2  # evol: evolution rounds; self-instruct: generation rounds
-    count: int = 20  # self-instruct: how many new instructions to aim for
-    json_mode: bool = False  # ask for response_format json_object where the server supports it
+if TYPE_CHECKING:
+    from datakit.synth.step import SynthConfig
 
 
 @dataclass
@@ -75,7 +67,7 @@ def _settle(result: MethodResult, answer) -> str | None:
 # --- judge (AlpaGasus) ----------------------------------------------------------------
 
 
-def judge(records: list[dict[str, Any]], client: Client, settings: MethodSettings) -> MethodResult:
+def judge(records: list[dict[str, Any]], client: Client, settings: SynthConfig) -> MethodResult:
     """Rate each existing pair 0-5; keep those at or above the threshold (4.5), with meta.score."""
     threshold = 4.5 if settings.threshold is None else settings.threshold
     prompts = template("judge")
@@ -117,7 +109,7 @@ def judge(records: list[dict[str, Any]], client: Client, settings: MethodSetting
 # --- backtranslate (Humpback) ---------------------------------------------------------
 
 
-def backtranslate(records: list[dict[str, Any]], client: Client, settings: MethodSettings) -> MethodResult:
+def backtranslate(records: list[dict[str, Any]], client: Client, settings: SynthConfig) -> MethodResult:
     """Write an instruction for each response, then self-curate on the 1-5 rubric (keep >= 4)."""
     threshold = 4.0 if settings.threshold is None else settings.threshold
     model = client.settings.model
@@ -206,7 +198,7 @@ def _instruction_problem(text: str, pool: RougePool) -> str | None:
     return None
 
 
-def self_instruct(records: list[dict[str, Any]], client: Client, settings: MethodSettings) -> MethodResult:
+def self_instruct(records: list[dict[str, Any]], client: Client, settings: SynthConfig) -> MethodResult:
     """Seed tasks -> new instructions (8 in context: 6 seeds, 2 generated), filtered, then answered."""
     rng = random.Random(settings.seed)
     model = client.settings.model
@@ -311,7 +303,7 @@ def _elimination(parent: str, child: str, response: str, pool_similarity: float)
     return None
 
 
-def evol(records: list[dict[str, Any]], client: Client, settings: MethodSettings) -> MethodResult:
+def evol(records: list[dict[str, Any]], client: Client, settings: SynthConfig) -> MethodResult:
     """In-depth (5 ways) and in-breadth evolution, several rounds, each evolution answered and checked."""
     model = client.settings.model
     kinds = [*DEPTH, "breadth"]
@@ -380,3 +372,4 @@ def evol(records: list[dict[str, Any]], client: Client, settings: MethodSettings
 
 
 METHODS = {"self-instruct": self_instruct, "evol": evol, "backtranslate": backtranslate, "judge": judge}
+GENERATIVE = ("self-instruct", "evol", "backtranslate")  # make new records; judge passes existing ones on

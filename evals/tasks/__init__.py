@@ -19,6 +19,8 @@ from typing import Any
 
 import yaml
 
+from datakit.errors import DatakitError
+
 DATA = Path(__file__).resolve().parent / "data"
 HELDOUT = "heldout_loss"
 
@@ -84,7 +86,7 @@ TASKS: dict[str, Task] = {
 NAMES = (*TASKS, HELDOUT)
 
 
-class TaskError(ValueError):
+class TaskError(DatakitError, ValueError):
     pass
 
 

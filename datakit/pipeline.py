@@ -1,0 +1,458 @@
+"""The step contract, the registry of steps, the report every step fills, and the local executor.
+
+A **step** is a class registered by name with a config dataclass (datakit.options: the single
+source of its CLI flags, recipe keys and checks). It sees the input as batches of canonical
+records and has up to three parts:
+
+- ``process(batch)``: the per-batch part. It returns the records to write, rows for the step's
+  side outputs (a rejects or clusters file) and why records were removed. Every step has it.
+- ``scan(batch)`` and ``reduce(tables)``: the global part, for steps that must see every record
+  before deciding about one (dedupe's clusters, select's choice, synth's generations). ``scan``
+  turns a batch into small tables (keys, signatures, embeddings); the executor stores them,
+  partitioned into buckets by a key where the step asks (``shuffle``), and ``reduce`` reads
+  them back and decides. ``process`` then runs on a second pass over the input.
+- ``finish()``: records and side rows made at the end rather than per input record.
+
+``scan`` and ``process`` are pure functions of a batch, so an executor may run them anywhere:
+the LocalExecutor here runs them in this process with bounded memory (one batch at a time, the
+tables on disk); datakit.ray_executor runs them as Ray tasks on a cluster. ``reduce`` runs where
+the executor's driver is, and holds only what the decision needs.
+
+Every step fills one Report (read, created, written, removed by reason, consumed) whose
+``check()`` is the accounting identity: no record is lost without a reason.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import shutil
+import tempfile
+import time
+from collections import Counter
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, ClassVar
+
+import polars as pl
+
+from datakit import formats
+from datakit.errors import StepError
+from datakit.formats import Read, ReadOptions, Rejected
+from datakit.io import RowWriter
+from datakit.options import StepConfig
+from datakit.record import RecordError, from_frame, to_frame
+
+BATCH_SIZE = 50_000  # records per batch: big enough for vectorised kernels, small enough to bound memory
+BUCKETS = 16  # partitions of a shuffled table; reduce holds one at a time
+
+
+@dataclass
+class Batch:
+    """Canonical records and the input position of the first one (positions are global ids)."""
+
+    records: list[dict[str, Any]]
+    start: int
+
+    def __len__(self) -> int:
+        return len(self.records)
+
+
+@dataclass
+class Processed:
+    """What ``process`` (or ``finish``) gives back for one batch."""
+
+    records: list[dict[str, Any]] = field(default_factory=list)  # to the output, in order
+    side: dict[str, list[dict[str, Any]]] = field(default_factory=dict)  # rows for side outputs
+    removed: Counter = field(default_factory=Counter)  # reason -> records not written
+    figures: Counter = field(default_factory=Counter)  # step-specific counts, summed over batches
+    created: int = 0  # how many of ``records`` the step made (rather than passed on)
+
+
+@dataclass
+class SideOutput:
+    """A file a step writes beside its output (default path: OUTPUT + suffix)."""
+
+    suffix: str
+    help: str
+
+
+@dataclass
+class Report:
+    """What a step did, the same shape for every step (``datakit <step>`` prints ``text()``,
+    recipes store ``to_dict()``)."""
+
+    step: str
+    input: str
+    output: str
+    settings: dict[str, Any]
+    read: int = 0
+    created: int = 0  # records the step made (synth)
+    written: int = 0
+    consumed: int = 0  # input records used to make others and not written themselves (synth seeds)
+    removed: dict[str, int] = field(default_factory=dict)  # reason -> count
+    figures: dict[str, Any] = field(default_factory=dict)  # step-specific numbers
+    side_outputs: dict[str, str] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
+    stopped: str | None = None  # why the step stopped early (a synth budget), if it did
+    seconds: float = 0.0
+
+    def add(self, processed: Processed) -> None:
+        self.written += len(processed.records)
+        self.created += processed.created
+        for reason, n in processed.removed.items():
+            self.removed[reason] = self.removed.get(reason, 0) + n
+        for key, n in processed.figures.items():
+            self.figures[key] = self.figures.get(key, 0) + n
+
+    def check(self) -> None:
+        """The accounting identity: read + created = written + removed + consumed."""
+        gone = sum(self.removed.values())
+        if self.read + self.created != self.written + gone + self.consumed:
+            raise RuntimeError(f"{self.step}: records unaccounted for (a bug in datakit): {self.to_dict()}")
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def text(self) -> str:
+        lines = [f"{self.step}: {self.input} -> {self.output}", *self.notes]
+        left = f"read {self.read}" + (f" + created {self.created}" if self.created else "")
+        right = f"written {self.written} + removed {sum(self.removed.values())}"
+        right += f" + consumed {self.consumed}" if self.consumed else ""
+        lines.append(f"records: {left} = {right}")
+        for reason, n in sorted(self.removed.items(), key=lambda kv: -kv[1]):
+            lines.append(f"  {n:>8}  {reason}")
+        for key, value in self.figures.items():
+            lines.append(f"{key}: {value:.4g}" if isinstance(value, float) else f"{key}: {value}")
+        for name, path in self.side_outputs.items():
+            lines.append(f"{name}: {path}")
+        if self.stopped:
+            lines.append(f"stopped early: {self.stopped}; run again to continue (answers are cached)")
+        lines.append(f"time: {self.seconds:.1f}s")
+        return "\n".join(lines)
+
+
+class Step:
+    """Base of every step; see the module docstring. A subclass sets ``name``, ``Config`` and
+    ``process``, and for a global step ``scan`` and ``reduce``."""
+
+    name: ClassVar[str] = ""
+    Config: ClassVar[type[StepConfig]] = StepConfig
+    output_format: ClassVar[str | None] = None  # None: the input's format; "canonical" when meta is added
+    side_outputs: ClassVar[dict[str, SideOutput]] = {}
+    shuffle: ClassVar[dict[str, str]] = {}  # scan table -> the column its buckets are made by
+
+    def __init__(self, config: StepConfig, paths: dict[str, str] | None = None, **resources: Any):
+        self.config = config
+        self.paths = paths or {}  # side output name -> path
+        self.resources = resources  # shared objects a caller may pass in (an Embedder)
+        self.notes: list[str] = []
+        self.figures: dict[str, Any] = {}
+        self.stopped: str | None = None
+
+    @classmethod
+    def is_global(cls) -> bool:
+        return cls.scan is not Step.scan
+
+    @classmethod
+    def help(cls) -> str:
+        return (cls.__doc__ or "").strip().split("\n\n")[0]
+
+    def scan(self, batch: Batch) -> dict[str, pl.DataFrame]:
+        raise NotImplementedError
+
+    def reduce(self, tables: Tables) -> None:
+        raise NotImplementedError
+
+    def process(self, batch: Batch) -> Processed:
+        raise NotImplementedError
+
+    def finish(self) -> Processed:
+        return Processed()
+
+    def target_format(self, input_format: str) -> str:
+        """The output's format when the user names none."""
+        return self.output_format or input_format
+
+    def consumed(self, read: int) -> int:
+        """How many input records were used up rather than passed on or removed (synth seeds)."""
+        return 0
+
+
+class WholeSetStep(Step):
+    """A step that needs every record in memory at once (shuffle, corrupt, synth): ``scan``
+    stores the records, ``reduce`` hands them all to ``transform``, whose result is written."""
+
+    def transform(self, records: list[dict[str, Any]]) -> Processed:
+        raise NotImplementedError
+
+    def scan(self, batch: Batch) -> dict[str, pl.DataFrame]:
+        frame = to_frame(batch.records).with_row_index("position", offset=batch.start)
+        return {"records": frame}
+
+    def reduce(self, tables: Tables) -> None:
+        frame = tables.scan("records")
+        records = [] if frame is None else list(from_frame(frame.sort("position").drop("position").collect()))
+        self.result = self.transform(records)
+
+    def process(self, batch: Batch) -> Processed:
+        return Processed()  # everything is written by finish
+
+    def finish(self) -> Processed:
+        return self.result
+
+
+STEPS: dict[str, type[Step]] = {}
+
+
+def register(cls: type[Step]) -> type[Step]:
+    """Class decorator: make a step known to the CLI, recipes and executors by its name."""
+    if cls.name in STEPS and STEPS[cls.name] is not cls:
+        raise ValueError(f"two steps named {cls.name!r}")
+    STEPS[cls.name] = cls
+    return cls
+
+
+def steps() -> dict[str, type[Step]]:
+    """Every registered step, the built-in ones imported first."""
+    import datakit.dedupe
+    import datakit.filter
+    import datakit.perturb
+    import datakit.select
+    import datakit.synth.step  # noqa: F401  (each module registers its step)
+
+    return STEPS
+
+
+def get(name: str) -> type[Step]:
+    known = steps()
+    if name not in known:
+        raise StepError(f"unknown step {name!r}; steps: {', '.join(sorted(known))}")
+    return known[name]
+
+
+# --- the tables a scan writes and a reduce reads -----------------------------------------
+
+
+class Tables:
+    """Parquet parts under one folder per table; a shuffled table has a folder per bucket, so a
+    reduce can read one bucket at a time. Executors on several machines write here too (a path
+    all nodes share), each part under its own name."""
+
+    def __init__(self, root: str | Path, shuffle: dict[str, str], buckets: int = BUCKETS):
+        self.root = Path(root)
+        self.shuffle = shuffle
+        self.buckets = buckets
+
+    def write(self, name: str, frame: pl.DataFrame, part: str) -> None:
+        if frame.height == 0:
+            return
+        key = self.shuffle.get(name)
+        if key is None:
+            _write_part(frame, self.root / name / f"{part}.parquet")
+            return
+        bucket = (frame[key].cast(pl.UInt64) % self.buckets).alias("_bucket")
+        for (b,), piece in frame.with_columns(bucket).partition_by("_bucket", as_dict=True).items():
+            _write_part(piece.drop("_bucket"), self.root / name / f"bucket={b:03d}" / f"{part}.parquet")
+
+    def scan(self, name: str) -> pl.LazyFrame | None:
+        """Every part of a table, or None when no batch wrote any."""
+        files = sorted((self.root / name).glob("**/*.parquet"))
+        return pl.scan_parquet(files) if files else None
+
+    def each_bucket(self, name: str) -> Iterator[pl.LazyFrame]:
+        for folder in sorted((self.root / name).glob("bucket=*")):
+            yield pl.scan_parquet(sorted(folder.glob("*.parquet")))
+
+
+def _write_part(frame: pl.DataFrame, path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    frame.write_parquet(tmp, compression="lz4")
+    tmp.replace(path)
+
+
+# --- reading and writing ---------------------------------------------------------------
+
+
+Source = str | Path | list[dict[str, Any]]
+
+
+def read_batches(
+    source: Source, from_format: str | None, read_options: ReadOptions | None, size: int = BATCH_SIZE
+) -> tuple[str, Iterator[Batch]]:
+    """(the input's format, its records in batches); a bad row stops with its file, line and reason."""
+    if isinstance(source, list):
+        return "canonical", (Batch(source[i : i + size], i) for i in range(0, max(len(source), 1), size))
+    from datakit.convert import open_records
+
+    fmt, _, outcomes = open_records(source, from_format, read_options)
+
+    def batches() -> Iterator[Batch]:
+        records: list[dict[str, Any]] = []
+        start = 0
+        for outcome in outcomes:
+            if isinstance(outcome, Rejected):
+                hint = "run `datakit convert --on-error skip` first to set bad rows aside"
+                raise StepError(f"{outcome.row.where()}: {outcome.reason} ({hint})")
+            if isinstance(outcome, Read):
+                records.append(outcome.record)
+                if len(records) >= size:
+                    yield Batch(records, start)
+                    start += len(records)
+                    records = []
+        if records or start == 0:
+            yield Batch(records, start)
+
+    return fmt, batches()
+
+
+class Sink:
+    """The output (a file in any format, or a list in memory) and the side output files."""
+
+    def __init__(self, output: str | Path | None, target: str, side_paths: dict[str, str]):
+        self.target = formats.get(target)
+        self.options = formats.WriteOptions()
+        self.records: list[dict[str, Any]] | None = [] if output is None else None
+        self.side_rows: dict[str, list[dict[str, Any]]] = {name: [] for name in side_paths}
+        self.writers: list[RowWriter] = []
+        self.main = None if output is None else RowWriter(output, self.target.SCHEMA)
+        self.side = {}
+        if output is not None:
+            self.writers.append(self.main)
+            for name, path in side_paths.items():
+                self.side[name] = RowWriter(path, pl.Schema({}), kind="jsonl")
+                self.writers.append(self.side[name])
+
+    def write(self, processed: Processed) -> None:
+        for record in processed.records:
+            if self.records is not None:
+                self.records.append(record)
+                continue
+            try:
+                self.main.write(self.target.write(record, self.options))
+            except RecordError as exc:
+                raise StepError(f"record {record.get('id')} cannot be written as {self.target.NAME}: {exc}") from None
+        for name, rows in processed.side.items():
+            if name in self.side:
+                for row in rows:
+                    self.side[name].write(row)
+            elif name in self.side_rows:
+                self.side_rows[name].extend(rows)
+
+    def close(self, ok: bool) -> None:
+        """Move every file into place (ok) or drop them all (a failure leaves no partial output)."""
+        for writer in self.writers:
+            writer.close() if ok else writer.abort()
+
+
+# --- running a step ----------------------------------------------------------------------
+
+
+@dataclass
+class Result:
+    report: Report
+    records: list[dict[str, Any]] | None = None  # the output, when it was kept in memory
+    side: dict[str, list[dict[str, Any]]] = field(default_factory=dict)  # side rows, in memory
+
+
+class LocalExecutor:
+    """Runs a step in this process: batches stream from the input, a global step's tables go
+    to a temporary folder on disk, and only ``reduce`` holds more than a batch."""
+
+    name = "local"
+
+    def __init__(self, workdir: str | Path | None = None, batch_size: int = BATCH_SIZE):
+        self.workdir = workdir
+        self.batch_size = batch_size
+
+    def execute(self, step: Step, source: Source, sink: Sink, report: Report, from_format, read_options) -> None:
+        if step.is_global():
+            with tempfile.TemporaryDirectory(prefix=f"datakit-{step.name}-", dir=self.workdir) as tmp:
+                tables = Tables(tmp, step.shuffle)
+                _, batches = read_batches(source, from_format, read_options, self.batch_size)
+                for batch in batches:
+                    for name, frame in step.scan(batch).items():
+                        tables.write(name, frame, f"{batch.start:012d}")
+                step.reduce(tables)
+                shutil.rmtree(tmp, ignore_errors=True)
+        _, batches = read_batches(source, from_format, read_options, self.batch_size)
+        for batch in batches:
+            report.read += len(batch)
+            processed = step.process(batch)
+            report.add(processed)
+            sink.write(processed)
+
+
+def run(
+    step: str | type[Step],
+    input: Source,
+    output: str | Path | None = None,
+    *,
+    to: str | None = None,
+    from_format: str | None = None,
+    read_options: ReadOptions | None = None,
+    side_paths: dict[str, str | None] | None = None,
+    executor: Any = None,
+    config: StepConfig | None = None,
+    resources: dict[str, Any] | None = None,
+    **options: Any,
+) -> Result:
+    """Run a step on a file (``output`` a path) or on records in memory (``input`` a list,
+    ``output`` None: the records and side rows come back in the Result).
+
+        run("dedupe", "in.jsonl", "out.jsonl", method="minhash")
+        run("filter", records, rules=("length",)).records
+
+    ``options`` are the step's settings (the recipe keys); ``config`` passes them built.
+    ``side_paths`` overrides where side outputs go (default OUTPUT + their suffix).
+    """
+    cls = get(step) if isinstance(step, str) else step
+    config = config if config is not None else cls.Config.from_mapping(options)
+    started = time.perf_counter()
+    if output is not None and not isinstance(input, list):
+        _refuse_overwrite(input, output)
+    chosen = dict(side_paths or {})
+    paths = {
+        name: str(chosen.get(name) or f"{output}{side.suffix}") for name, side in cls.side_outputs.items()
+    } if output is not None else {name: "" for name in cls.side_outputs}  # fmt: skip
+    instance = cls(config, paths, **(resources or {}))
+    input_format = "canonical" if isinstance(input, list) else (from_format or _peek_format(input, read_options))
+    target = to or instance.target_format(input_format)
+    name_in = "<records>" if isinstance(input, list) else str(input)
+    report = Report(cls.name, name_in, str(output) if output is not None else "<records>", config.to_dict())
+    report.side_outputs = {n: p for n, p in paths.items() if p and n in _row_sides(cls)}
+    sink = Sink(output, target, {n: p for n, p in paths.items() if n in _row_sides(cls)})
+    ok = False
+    try:
+        (executor or LocalExecutor()).execute(instance, input, sink, report, input_format, read_options)
+        finished = instance.finish()
+        report.add(finished)
+        sink.write(finished)
+        ok = True
+    finally:
+        sink.close(ok)
+    report.consumed = instance.consumed(report.read)
+    report.notes = instance.notes
+    report.figures.update(instance.figures)
+    report.stopped = instance.stopped
+    report.side_outputs.update({n: p for n, p in paths.items() if p and n not in _row_sides(cls) and Path(p).exists()})
+    report.seconds = time.perf_counter() - started
+    report.check()
+    return Result(report, sink.records, sink.side_rows)
+
+
+def _row_sides(cls: type[Step]) -> set[str]:
+    return {name for name, side in cls.side_outputs.items() if side.suffix.endswith(".jsonl")}
+
+
+def _peek_format(path: str | Path, read_options: ReadOptions | None) -> str:
+    from datakit.convert import open_records
+
+    fmt, _, _ = open_records(path, None, read_options)
+    return fmt
+
+
+def _refuse_overwrite(input: str | Path, output: str | Path) -> None:
+    if str(output) != "-" and Path(output).resolve() == Path(input).resolve():
+        raise StepError(f"{output}: the output would overwrite the input; choose another path")
