@@ -219,6 +219,14 @@ def models(prepare) -> None:
 # --- the data steps, one command each, made from the registry ------------------------------
 
 
+def make_executor(name: str, address: str | None, workdir: str | None):
+    if name == "ray":
+        from datakit.ray_executor import RayExecutor
+
+        return RayExecutor(address=address, workdir=workdir)
+    return pipeline.LocalExecutor(workdir=workdir)
+
+
 def step_command(cls: type[pipeline.Step]) -> click.Command:
     """``datakit <step> [ARGS] INPUT OUTPUT`` with a flag per config field and per side output."""
     config_params = cls.Config.click_params()
@@ -232,15 +240,21 @@ def step_command(cls: type[pipeline.Step]) -> click.Command:
         click.Option(["--to", "to"], type=FORMAT_CHOICE, default=None, help="Output format (default: the input's)."),
         click.Option(["--from", "from_format"], type=FORMAT_CHOICE, default=None, help="Input format (detected)."),
         click.Option(["--quiet"], is_flag=True, help="No summary on stderr."),
-    ]
+        click.Option(["--executor"], type=click.Choice(["local", "ray"]), default="local", show_default=True,
+                     help="local: this process, bounded memory; ray: a Ray cluster (pip install 'datakit[ray]')."),
+        click.Option(["--address"], default=None, help="ray: the cluster's address (default: RAY_ADDRESS or a new local one)."),
+        click.Option(["--workdir"], type=click.Path(file_okay=False), default=None,
+                     help="Folder for intermediate tables (ray: one every node can read; default: a temp folder)."),
+    ]  # fmt: skip
     config_keys = [p.name for p in config_params]
 
-    def callback(input, output, to, from_format, quiet, **values) -> None:
+    def callback(input, output, to, from_format, quiet, executor, address, workdir, **values) -> None:
         sides = {name: values.pop(f"side_{name}") for name in cls.side_outputs}
         try:
             config = cls.Config.from_mapping({k: values[k] for k in config_keys})
             result = pipeline.run(cls, input, output, config=config, to=to, from_format=from_format,
-                                  side_paths=sides, resources={"progress": not quiet and sys.stderr.isatty()})  # fmt: skip
+                                  side_paths=sides, executor=make_executor(executor, address, workdir),
+                                  resources={"progress": not quiet and sys.stderr.isatty()})  # fmt: skip
         except OptionError as exc:
             raise click.ClickException(f"{flag_name(exc.key)}: {exc.problem}") from None
         except DatakitError as exc:

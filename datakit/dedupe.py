@@ -414,6 +414,12 @@ class Dedupe(Step):
             self.found.append(StageClusters(stage, result, clusters))
             self.figures[f"{stage} clusters"] = len(clusters)
 
+    def decision(self) -> np.ndarray:
+        return self.removed_by
+
+    def take_decision(self, decision: np.ndarray) -> None:
+        self.removed_by = decision
+
     def process(self, batch: Batch) -> Processed:
         out = Processed()
         removed_by = self.removed_by[batch.start : batch.start + len(batch)]

@@ -170,6 +170,14 @@ class Step:
     def finish(self) -> Processed:
         return Processed()
 
+    def decision(self) -> Any:
+        """What ``process`` needs from ``reduce``: an executor that runs ``process`` in other
+        processes sends it there (``take_decision``)."""
+        return None
+
+    def take_decision(self, decision: Any) -> None:
+        """Receive ``decision()`` from the driver's instance."""
+
     def target_format(self, input_format: str) -> str:
         """The output's format when the user names none."""
         return self.output_format or input_format
@@ -249,11 +257,11 @@ class Tables:
             return
         key = self.shuffle.get(name)
         if key is None:
-            _write_part(frame, self.root / name / f"{part}.parquet")
+            write_part(frame, self.root / name / f"{part}.parquet")
             return
         bucket = (frame[key].cast(pl.UInt64) % self.buckets).alias("_bucket")
         for (b,), piece in frame.with_columns(bucket).partition_by("_bucket", as_dict=True).items():
-            _write_part(piece.drop("_bucket"), self.root / name / f"bucket={b:03d}" / f"{part}.parquet")
+            write_part(piece.drop("_bucket"), self.root / name / f"bucket={b:03d}" / f"{part}.parquet")
 
     def scan(self, name: str) -> pl.LazyFrame | None:
         """Every part of a table, or None when no batch wrote any."""
@@ -265,7 +273,7 @@ class Tables:
             yield pl.scan_parquet(sorted(folder.glob("*.parquet")))
 
 
-def _write_part(frame: pl.DataFrame, path: Path) -> None:
+def write_part(frame: pl.DataFrame, path: Path) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".tmp")
     frame.write_parquet(tmp, compression="lz4")

@@ -275,6 +275,12 @@ class Select(Step):
         if self.paths.get("plot"):
             draw(vectors, chosen, self.paths["plot"], f"{config.method}: {k} of {len(vectors)}")
 
+    def decision(self) -> dict[int, dict[str, Any]]:
+        return self.chosen
+
+    def take_decision(self, decision: dict[int, dict[str, Any]]) -> None:
+        self.chosen = decision
+
     def process(self, batch: Batch) -> Processed:
         out = Processed()
         for position, record in enumerate(batch.records, batch.start):

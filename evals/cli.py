@@ -17,12 +17,20 @@ def main() -> None:
 @click.option("--out", type=click.Path(file_okay=False), default=None, help="Run folder (default: the recipe's name).")
 @click.option("--dry-run", is_flag=True, help="Print the plan and what is cached; do nothing.")
 @click.option("--profile", default=None, help="Apply a profile of the recipe (tiny: a few steps and items).")
-def run_command(recipe, out, dry_run, profile) -> None:
+@click.option(
+    "--executor",
+    type=click.Choice(["local", "ray"]),
+    default="local",
+    show_default=True,
+    help="ray: train and evaluate as Ray tasks in parallel (pip install 'datakit[ray]').",
+)
+@click.option("--address", default=None, help="ray: the cluster's address (default: RAY_ADDRESS or a new local one).")
+def run_command(recipe, out, dry_run, profile, executor, address) -> None:
     """Build, train and score every arm of RECIPE, then write results.md in the run folder."""
     from evals.run import run
 
     try:
-        run(recipe, out=out, profile=profile, dry_run=dry_run)
+        run(recipe, out=out, profile=profile, dry_run=dry_run, executor=executor, address=address)
     except DatakitError as exc:  # the one error root: bad recipe, data, settings, model or scores
         raise click.ClickException(str(exc)) from None
 

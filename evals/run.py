@@ -227,8 +227,12 @@ def versions() -> dict[str, str]:
 
 
 def run(recipe_path: str | Path, out: str | Path | None = None, profile: str | None = None, dry_run: bool = False,
-        log=None) -> Path:  # fmt: skip
-    """Run a recipe (or with ``dry_run`` only print its plan); returns the run folder."""
+        log=None, executor: str = "local", address: str | None = None) -> Path:  # fmt: skip
+    """Run a recipe (or with ``dry_run`` only print its plan); returns the run folder.
+
+    ``executor="ray"`` runs the training and evaluation jobs as Ray tasks on the cluster at
+    ``address`` (see ``run_on_ray``); the run folder and its cache must be on a path all nodes share.
+    """
     log = log or (lambda line: print(line, file=sys.stderr, flush=True))
     recipe = load(recipe_path, profile)
     run_dir = Path(out) if out else Path(recipe.name + (f"-{profile}" if profile else ""))
@@ -242,6 +246,9 @@ def run(recipe_path: str | Path, out: str | Path | None = None, profile: str | N
     hf_home(plan.cache / "hf")
     todo = [j for j in plan.jobs if not j.done]
     started = time.perf_counter()
+    if executor == "ray":
+        run_on_ray(plan, todo, address, log)
+        todo = []
     spent: dict[str, list[float]] = {}
     for n, job in enumerate(todo, start=1):
         elapsed = time.perf_counter() - started
@@ -258,6 +265,51 @@ def run(recipe_path: str | Path, out: str | Path | None = None, profile: str | N
     build_report(run_dir)
     log(f"done in {time.perf_counter() - started:,.0f}s: {run_dir / 'results.md'}")
     return run_dir
+
+
+def run_on_ray(plan: Plan, todo: list[Job], address: str | None, log) -> None:
+    """The jobs on a Ray cluster, stage by stage: data steps and the held-out check on the driver
+    (in order: each arm's steps build on each other), then every training job at once, then every
+    evaluation job at once, each a Ray task asking for a CPU (and a GPU where the cluster has
+    them). Results land in the content-addressed cache, so a rerun skips what is done."""
+    from datakit.ray_executor import connect
+
+    ray = connect(address)
+    gpus = ray.cluster_resources().get("GPU", 0)
+    task = ray.remote(num_cpus=1, num_gpus=1 if gpus else 0, max_retries=0)(_run_job)
+    for stage in ("data", "heldout"):
+        for job in (j for j in todo if j.stage == stage):
+            log(f"{job.stage} {job.arm} {job.run} {job.detail} (driver)")
+            job.action()
+    for stage in ("train", "eval"):
+        jobs = [j for j in todo if j.stage == stage]
+        if not jobs:
+            continue
+        log(
+            f"{len(jobs)} {stage} jobs as Ray tasks on {ray.cluster_resources().get('CPU', 0):.0f} CPUs, {gpus:.0f} GPUs"
+        )
+        pending = {task.remote(job.action, str(plan.cache / "hf")): job for job in jobs}
+        while pending:
+            done, _ = ray.wait(list(pending), num_returns=1)
+            job = pending.pop(done[0])
+            seconds = ray.get(done[0])
+            log(f"  done: {job.stage} {job.arm} {job.run} {job.detail} in {seconds:,.0f}s ({len(pending)} left)")
+            write_json(plan.cache / "timings" / f"{job.key}.json", {"stage": job.stage, "seconds": round(seconds, 2)})
+
+
+def _run_job(action, hf_folder: str) -> float:
+    """A job inside a Ray task: torch uses the CPUs the task was given, not every core of the node,
+    and Hugging Face's caches stay in the run folder, as on the driver."""
+    import ray
+    import torch
+
+    from evals.lm import hf_home
+
+    hf_home(Path(hf_folder))
+    torch.set_num_threads(max(1, int(ray.get_runtime_context().get_assigned_resources().get("CPU", 1))))
+    started = time.perf_counter()
+    action()
+    return time.perf_counter() - started
 
 
 def _guess(job: Job, recipe: Recipe, spent: dict[str, list[float]]) -> float:

@@ -58,7 +58,7 @@ START_TIMEOUT_S = 180.0  # on a busy 2-core machine a node takes several seconds
 def _ray_executable() -> Path:
     exe = Path(sys.executable).parent / "ray"
     if not exe.exists():
-        pytest.skip(f"no ray executable next to {sys.executable} (pip install 'ray[data]')")
+        raise RuntimeError(f"no ray executable next to {sys.executable} (pip install -e '.[ray]')")
     return exe
 
 
@@ -149,10 +149,11 @@ def _wait_for_nodes(address: str) -> None:
         time.sleep(0.5)
 
 
-@pytest.fixture(scope="session")
-def ray_cluster() -> Iterator[str]:
-    """The address ``"127.0.0.1:PORT"`` of a fresh two-node Ray cluster (1 CPU per node)."""
-    ray = pytest.importorskip("ray")
+@contextlib.contextmanager
+def local_cluster() -> Iterator[str]:
+    """A fresh two-node Ray cluster (1 CPU per node) for the block; yields ``"127.0.0.1:PORT"``."""
+    import ray
+
     exe = str(_ray_executable())
     temp_dir = _short_temp_dir()
     port = _free_port()
@@ -178,3 +179,11 @@ def ray_cluster() -> Iterator[str]:
         ray.shutdown()
         _kill_sessions(sids, temp_dir)
         shutil.rmtree(temp_dir, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def ray_cluster() -> Iterator[str]:
+    """The address ``"127.0.0.1:PORT"`` of a fresh two-node Ray cluster (1 CPU per node)."""
+    pytest.importorskip("ray")
+    with local_cluster() as address:
+        yield address
