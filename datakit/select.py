@@ -49,7 +49,8 @@ class SelectConfig(StepConfig):
     def check(self) -> None:
         if self.method == "deita" and not self.score:
             raise OptionError(
-                "score", "deita ranks by a score: pass --score KEY (for example the score `datakit filter --annotate` adds)"
+                "score",
+                "deita ranks by a score: pass --score KEY (for example the score `datakit filter --annotate` adds)",
             )
 
     def count(self, n: int) -> int:

@@ -63,7 +63,9 @@ def test_an_ablation_trains_its_seeds_as_ray_tasks(ray_cluster, tmp_path: Path) 
     from test_evals import evals_cli, tiny_recipe
 
     recipe = tiny_recipe(tmp_path, seeds=[0, 1], eval={"tasks": ["heldout_loss"], "limit": 6, "batch_size": 8})
-    on_ray = evals_cli("run", str(recipe), "--out", str(tmp_path / "ray"), "--executor", "ray", "--address", ray_cluster)
+    on_ray = evals_cli(
+        "run", str(recipe), "--out", str(tmp_path / "ray"), "--executor", "ray", "--address", ray_cluster
+    )
     assert on_ray.returncode == 0, on_ray.stderr[-3000:]
     assert "2 train jobs as Ray tasks on 2 CPUs" in on_ray.stderr
     local = evals_cli("run", str(recipe), "--out", str(tmp_path / "local"))

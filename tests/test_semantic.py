@@ -30,8 +30,9 @@ def test_semantic_stage_merges_reworded_copies_and_caches_embeddings(cache: Path
     path = tmp / "in.jsonl"
     path.write_text("".join(json.dumps(r) + "\n" for r in rows))
     embedder = Embedder()
-    summary = datakit.run("dedupe", path, tmp / "out.jsonl", method="semantic", threshold=0.9,
-                          resources={"embedder": embedder}).report
+    summary = datakit.run(
+        "dedupe", path, tmp / "out.jsonl", method="semantic", threshold=0.9, resources={"embedder": embedder}
+    ).report
     removed = {r["id"]: c["kept"] for line in Path(summary.side_outputs["clusters"]).read_text().splitlines()
                for c in [json.loads(line)] for r in c["removed"]}  # fmt: skip
     assert sum(removed.get(f"c{i}") == f"o{i}" for i in range(8)) >= 7

@@ -120,7 +120,9 @@ def test_retries_through_faults_and_no_retry_on_a_bad_request(chat_model, pairs,
         summary = synth("judge", pairs, tmp_path / "out2.jsonl", server, tmp_path, cache="other.sqlite",
                         concurrency=1, max_tokens=8, threshold=0)  # fmt: skip
         assert usage(summary)["failed"] == 1 and usage(summary)["retries"] == 0
-        reasons = [json.loads(line)["reason"] for line in Path(summary.side_outputs["rejects"]).read_text().splitlines()]
+        reasons = [
+            json.loads(line)["reason"] for line in Path(summary.side_outputs["rejects"]).read_text().splitlines()
+        ]
         assert any(r.startswith("judge request failed: HTTP 400") for r in reasons)
     finally:
         server.shutdown()
