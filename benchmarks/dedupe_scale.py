@@ -10,8 +10,10 @@ exact copies, half copies with 1% letter typos). The file is written once and re
     python benchmarks/dedupe_scale.py [--records 1000000,10000000] [--ray 200000]
 
 Targets (issue 13): 10M records under 12 GB peak resident memory at >= 20k records/s on a
-2-core, 24 GB machine. The in-memory implementation before the streaming executor (commit
-69243d6) did 1M records in 93 s at 6.9 GB peak, so it could not hold much more than 3M.
+2-core, 24 GB machine. ``--before CHECKOUT`` runs the in-memory implementation that came before
+the streaming executor (a checkout of commit 69243d6: ``git worktree add /tmp/before 69243d6``)
+on the same files, up to 1M records (it holds everything: about 6 GB a million records), and
+says whether its output and clusters file are byte for byte the same.
 ``--ray N`` also runs N records on a two-node Ray cluster on loopback (1 CPU each) and prints
 the overhead ratio against the local executor on the same file (needs ``pip install -e .[ray]``).
 """
@@ -28,7 +30,6 @@ from pathlib import Path
 from _measure import run_process
 
 FIXTURES = Path(__file__).resolve().parents[1] / "tests" / "fixtures"
-BEFORE = {1_000_000: (93.0, 6.9)}  # seconds, peak GB of the in-memory dedupe (README, commit 69243d6)
 
 
 def fixture_pairs() -> list[tuple[str, str]]:
@@ -90,6 +91,15 @@ print(report.text(), file=sys.stderr)
 print(time.perf_counter() - start)
 """
 
+BEFORE = r"""
+import sys, time
+sys.path.insert(0, sys.argv[3])
+from datakit.dedupe import dedupe
+start = time.perf_counter()
+print(dedupe(sys.argv[1], sys.argv[2]).text(), file=sys.stderr)
+print(time.perf_counter() - start)
+"""
+
 RAY = r"""
 import sys, time
 import datakit
@@ -106,24 +116,34 @@ def measure(code: str, *args: str) -> tuple[float, float]:
     return float(out.strip().splitlines()[-1]), peak_mb / 1024
 
 
+def _clusters(output: Path) -> Path:
+    return output.with_name(output.name + ".clusters.jsonl")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--records", default="1000000,10000000", help="sizes, comma-separated")
     parser.add_argument("--ray", type=int, default=0, help="also run this many records on a 2-node Ray cluster")
     parser.add_argument("--workdir", default="/tmp/datakit-bench")
+    parser.add_argument("--before", default=None, help="a checkout of commit 69243d6 to compare with (<= 1M records)")
     args = parser.parse_args()
     work = Path(args.workdir)
     work.mkdir(parents=True, exist_ok=True)
     cpu = next((line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name")), "?")
     print(f"CPU: {cpu}; dedupe defaults (exact, then MinHash 128 permutations, 5-word shingles)")
-    print(f"{'records':>12}{'seconds':>10}{'records/s':>12}{'peak GB':>9}   before (in-memory, 69243d6)")
+    print(f"{'records':>12}{'seconds':>10}{'records/s':>12}{'peak GB':>9}   in-memory before (69243d6)")
     for size in [int(x) for x in args.records.split(",") if x]:
         data = work / f"scale_{size}.jsonl"
         if not data.exists():
             write_records(data, size)
-        seconds, peak = measure(LOCAL, str(data), str(work / f"scale_{size}.out.jsonl"))
-        before = BEFORE.get(size)
-        was = f"{size / before[0]:,.0f} records/s, {before[1]} GB" if before else "-"
+        out = work / f"scale_{size}.out.jsonl"
+        seconds, peak = measure(LOCAL, str(data), str(out))
+        was = "-"
+        if args.before and size <= 1_000_000:
+            old = work / f"scale_{size}.before.jsonl"
+            old_s, old_gb = measure(BEFORE, str(data), str(old), args.before)
+            same = all(a.read_bytes() == b.read_bytes() for a, b in ((out, old), (_clusters(out), _clusters(old))))
+            was = f"{old_s:.0f} s, {size / old_s:,.0f} records/s, {old_gb:.2f} GB; same output and clusters: {same}"
         print(f"{size:>12,}{seconds:>10.0f}{size / seconds:>12,.0f}{peak:>9.2f}   {was}", flush=True)
     if args.ray:
         import sys as _sys

@@ -65,6 +65,11 @@ class DedupeConfig(StepConfig):
     def check(self) -> None:
         if not (self.keep in ("first", "longest") or (self.keep.startswith("score:") and len(self.keep) > 6)):
             raise OptionError("keep", f"must be first, longest or score:KEY, not {self.keep!r}")
+        if "minhash" in METHODS[self.method]:
+            try:
+                minhash.choose_lsh_params(self.jaccard, self.num_perm)
+            except ValueError as exc:
+                raise OptionError("threshold", f"{exc} (raise threshold or num_perm)") from None
 
     @property
     def jaccard(self) -> float:
@@ -290,9 +295,13 @@ class StageClusters:
     clusters: list[tuple[int, np.ndarray, np.ndarray]]  # (kept position, member positions, pair indices)
 
 
-def review_rows(found: list[StageClusters], ids: list[str]) -> Iterator[dict[str, Any]]:
+def review_rows(found: list[StageClusters], id_column: pl.Series) -> Iterator[dict[str, Any]]:
     """The clusters file, a cluster a line: the kept record, and each removed one with its
     similarity to the kept one and the pair that linked it."""
+    clustered = np.unique(np.concatenate([m for stage in found for _, m, _ in stage.clusters] or [np.zeros(0, int)]))
+    ids = dict(
+        zip(clustered.tolist(), id_column.gather(clustered).to_list(), strict=True)
+    )  # one gather, not one a cluster
     for stage in found:
         result = stage.result
         for kept, members, pair_index in stage.clusters:
@@ -338,7 +347,7 @@ class Dedupe(Step):
         self.params = minhash.choose_lsh_params(config.jaccard, config.num_perm)
         self.removed_by = np.zeros(0, dtype=np.int8)  # per position: 0 kept, else 1 + stage number
         self.found: list[StageClusters] = []
-        self.ids: list[str] = []
+        self.ids = pl.Series("id", [], dtype=pl.String)
 
     @property
     def embedder(self):
@@ -381,16 +390,23 @@ class Dedupe(Step):
         return tables
 
     def reduce(self, tables: Tables) -> None:
-        records = tables.scan("records").sort("position").collect()
+        columns = ["position", "id", "exact_key", "exact_length", "length", "score"]
+        records = tables.scan("records")
+        if records is None:  # an empty input: nothing to compare
+            return
+        records = records.select([c for c in columns if c in records.collect_schema()]).sort("position").collect()
         n = records.height
-        self.ids = records["id"].to_list()
+        self.ids = records["id"]
         rank = keep_rank(self.config, records)
         alive = np.ones(n, dtype=bool)
         self.removed_by = np.zeros(n, dtype=np.int8)
-        values_column = records["values"]
 
         def values(positions: np.ndarray) -> list:
-            return values_column.gather(positions).to_list()
+            """The value guard's values of these records (read from disk: only pairs need them)."""
+            wanted = np.zeros(n, dtype=bool)
+            wanted[positions] = True
+            frame = tables.scan("records").select("position", "values").filter(_alive(wanted)).sort("position")
+            return frame.collect()["values"].to_list()
 
         keys = records.select("position", "exact_key", "exact_length")
         for number, stage in enumerate(self.stages, 1):

@@ -202,7 +202,7 @@ class Filter(Step):
     def process(self, batch: Batch) -> Processed:
         config = self.config
         out = Processed(side={"rejects": []})
-        for position, record in enumerate(batch.records, batch.start):
+        for k, record in enumerate(batch.records):
             failed = check(record, config.rules, config)
             out.figures.update(f"failed {rule}" for rule, _ in failed)
             if config.annotate:
@@ -210,7 +210,7 @@ class Filter(Step):
                 record["meta"]["score"] = round(1 - len(failed) / len(config.rules), 4)
             elif failed:
                 rule, reason = failed[0]
-                row = {"stage": "filter", "index": position, "id": record["id"], "rule": rule, "reason": reason}
+                row = {"stage": "filter", **batch.where(k), "id": record["id"], "rule": rule, "reason": reason}
                 out.side["rejects"].append({**row, "failed": [r for r, _ in failed], "record": record})
                 out.removed[f"failed {rule}"] += 1
                 continue

@@ -210,6 +210,26 @@ def _read_csv(file: str, gz: bool) -> Iterator[SourceRow]:
 # --- writing --------------------------------------------------------------------------
 
 
+def _current_umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+_UMASK = _current_umask()
+
+
+def spool_stdin(folder: str | Path | None = None) -> Path:
+    """Standard input saved to a temporary file (a step may read its input twice); the caller
+    deletes it. The name's extension tells the readers whether it is JSON or JSON lines."""
+    data = sys.stdin.buffer.read()
+    suffix = ".json" if data.lstrip()[:1] == b"[" else ".jsonl"
+    fd, name = tempfile.mkstemp(prefix="datakit-stdin-", suffix=suffix, dir=folder)
+    with os.fdopen(fd, "wb") as f:
+        f.write(data)
+    return Path(name)
+
+
 class AtomicFile:
     """A file written under a temporary name and renamed into place on commit."""
 
@@ -223,6 +243,7 @@ class AtomicFile:
     def commit(self) -> None:
         with open(self.tmp_path, "rb") as f:
             os.fsync(f.fileno())
+        os.chmod(self.tmp_path, 0o666 & ~_UMASK)  # mkstemp made it 0600; a new file follows the umask
         os.replace(self.tmp_path, self.path)
 
     def abort(self) -> None:

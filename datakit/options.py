@@ -17,6 +17,7 @@ Types a field may have: bool, int, float, str, ``X | None`` of those, and ``tupl
 from __future__ import annotations
 
 import dataclasses
+import math
 import types
 import typing
 from dataclasses import dataclass
@@ -120,8 +121,8 @@ def _checked(key: str, value: Any, annotation: Any, meta: Any) -> Any:
                 value = float(value)
             except ValueError:
                 raise OptionError(key, f"expected a number, got {value!r}") from None
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or value != value:
-            raise OptionError(key, f"expected a number, got {value!r}")
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+            raise OptionError(key, f"expected a finite number, got {value!r}")
         value = float(value)
     elif kind is str:
         if not isinstance(value, str):
@@ -131,6 +132,8 @@ def _checked(key: str, value: Any, annotation: Any, meta: Any) -> Any:
             value = tuple(x.strip() for x in value.split(",") if x.strip())
         if not isinstance(value, (list, tuple)) or not all(isinstance(x, str) for x in value):
             raise OptionError(key, f"expected a list of names, got {value!r}")
+        if not value:
+            raise OptionError(key, "needs at least one name")
         value = tuple(value)
     choices = meta.get("choices")
     if choices:

@@ -39,7 +39,7 @@ import polars as pl
 from datakit import formats
 from datakit.errors import StepError
 from datakit.formats import Read, ReadOptions, Rejected
-from datakit.io import RowWriter
+from datakit.io import RowWriter, spool_stdin
 from datakit.options import StepConfig
 from datakit.record import RecordError, from_frame, to_frame
 
@@ -53,9 +53,15 @@ class Batch:
 
     records: list[dict[str, Any]]
     start: int
+    # where each record came from ({"file", "line", "index"} of its source row), for reject rows
+    locations: list[dict[str, Any]] | None = None
 
     def __len__(self) -> int:
         return len(self.records)
+
+    def where(self, k: int) -> dict[str, Any]:
+        """Record k's source location, or its input position for records given in memory."""
+        return self.locations[k] if self.locations else {"index": self.start + k}
 
 
 @dataclass
@@ -298,6 +304,7 @@ def read_batches(
 
     def batches() -> Iterator[Batch]:
         records: list[dict[str, Any]] = []
+        locations: list[dict[str, Any]] = []
         start = 0
         for outcome in outcomes:
             if isinstance(outcome, Rejected):
@@ -305,12 +312,13 @@ def read_batches(
                 raise StepError(f"{outcome.row.where()}: {outcome.reason} ({hint})")
             if isinstance(outcome, Read):
                 records.append(outcome.record)
+                locations.append(outcome.row.location())
                 if len(records) >= size:
-                    yield Batch(records, start)
+                    yield Batch(records, start, locations)
                     start += len(records)
-                    records = []
+                    records, locations = [], []
         if records or start == 0:
-            yield Batch(records, start)
+            yield Batch(records, start, locations)
 
     return fmt, batches()
 
@@ -376,6 +384,8 @@ class LocalExecutor:
 
     def execute(self, step: Step, source: Source, sink: Sink, report: Report, from_format, read_options) -> None:
         if step.is_global():
+            if self.workdir:
+                Path(self.workdir).mkdir(parents=True, exist_ok=True)
             with tempfile.TemporaryDirectory(prefix=f"datakit-{step.name}-", dir=self.workdir) as tmp:
                 tables = Tables(tmp, step.shuffle)
                 _, batches = read_batches(source, from_format, read_options, self.batch_size)
@@ -417,13 +427,20 @@ def run(
     """
     cls = get(step) if isinstance(step, str) else step
     config = config if config is not None else cls.Config.from_mapping(options)
+    if str(input) == "-":  # standard input: saved first, since a global step reads its input twice
+        spooled = spool_stdin(getattr(executor, "workdir", None))
+        try:
+            return run(cls, spooled, output, to=to, from_format=from_format, read_options=read_options,
+                       side_paths=side_paths, executor=executor, config=config, resources=resources)  # fmt: skip
+        finally:
+            spooled.unlink(missing_ok=True)
     started = time.perf_counter()
-    if output is not None and not isinstance(input, list):
-        _refuse_overwrite(input, output)
     chosen = dict(side_paths or {})
     paths = {
         name: str(chosen.get(name) or f"{output}{side.suffix}") for name, side in cls.side_outputs.items()
     } if output is not None else {name: "" for name in cls.side_outputs}  # fmt: skip
+    if output is not None:
+        _refuse_overwrite(None if isinstance(input, list) else input, [str(output), *paths.values()])
     instance = cls(config, paths, **(resources or {}))
     input_format = "canonical" if isinstance(input, list) else (from_format or _peek_format(input, read_options))
     target = to or instance.target_format(input_format)
@@ -461,6 +478,13 @@ def _peek_format(path: str | Path, read_options: ReadOptions | None) -> str:
     return fmt
 
 
-def _refuse_overwrite(input: str | Path, output: str | Path) -> None:
-    if str(output) != "-" and Path(output).resolve() == Path(input).resolve():
-        raise StepError(f"{output}: the output would overwrite the input; choose another path")
+def _refuse_overwrite(input: str | Path | None, outputs: list[str]) -> None:
+    """No output may replace the input or another output of the same run."""
+    seen: dict[Path, str] = {} if input is None else {Path(input).resolve(): "the input"}
+    for path in outputs:
+        if path == "-":
+            continue
+        where = Path(path).resolve()
+        if where in seen:
+            raise StepError(f"{path}: would overwrite {seen[where]}; choose another path")
+        seen[where] = "another output of this step"

@@ -60,6 +60,11 @@ class StepWorker:
     def __init__(self, cls: type[Step], config: Any, paths: dict[str, str]):
         self.step = cls(config, paths)
 
+    def check(self, shard: str) -> tuple[str, bool]:
+        """(this node's polars version, whether it can read the first shard): the tables hold
+        polars hashes, which are only comparable within one polars version."""
+        return pl.__version__, Path(shard).exists()
+
     def scan(self, shard: str, start: int, tables_root: str) -> int:
         batch = _read_shard(shard, start)
         tables = Tables(tables_root, self.step.shuffle)
@@ -99,12 +104,22 @@ class RayExecutor:
         ray = connect(self.address)
         from ray.util import ActorPool
 
+        if self.workdir:
+            Path(self.workdir).mkdir(parents=True, exist_ok=True)
         shared = Path(tempfile.mkdtemp(prefix=f"datakit-{step.name}-", dir=self.workdir))
+        actors: list[Any] = []
         try:
             shards = self._ingest(source, from_format, read_options, shared / "input")
             cpus = max(1, math.floor(ray.cluster_resources().get("CPU", 1)))
             worker = _worker_class(ray)
             actors = [worker.remote(type(step), step.config, step.paths) for _ in range(min(cpus, len(shards)))]
+            for version, readable in ray.get([actor.check.remote(shards[0][0]) for actor in actors]):
+                if not readable:
+                    raise RayError(
+                        f"a Ray worker cannot read {shards[0][0]}: give --workdir a folder every node can read"
+                    )
+                if version != pl.__version__:
+                    raise RayError(f"a Ray worker has polars {version}, the driver {pl.__version__}: use one version")
             pool = ActorPool(actors)
             if step.is_global():
                 tables_root = str(shared / "tables")
@@ -116,9 +131,9 @@ class RayExecutor:
                 report.read += count
                 report.add(processed)
                 sink.write(processed)
+        finally:
             for actor in actors:
                 ray.kill(actor)
-        finally:
             shutil.rmtree(shared, ignore_errors=True)
 
     def _ingest(self, source: Source, from_format, read_options, folder: Path) -> list[tuple[str, int]]:

@@ -251,7 +251,10 @@ class Select(Step):
 
     def reduce(self, tables: Tables) -> None:
         config = self.config
-        frame = tables.scan("vectors").sort("position").collect()
+        frame = tables.scan("vectors")
+        if frame is None:
+            raise StepError("the input has no records to select from")
+        frame = frame.sort("position").collect()
         k = config.count(frame.height)
         scores = frame["score"].to_numpy() if config.score else None
         if scores is not None and np.isnan(scores).all():

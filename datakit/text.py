@@ -49,8 +49,9 @@ class Texts:
 
     Only these are kept (not the normalised strings), to hold a million texts in memory.
 
-    Hashes come from polars: fast and seeded, stable within one polars version, which is
-    all a dedupe run needs (they are compared within the run, never stored).
+    Hashes come from polars: fast and seeded, stable within one polars version. A dedupe run
+    compares them within the run only (its scan tables are temporary); the Ray executor checks
+    that every worker has the driver's polars version.
     """
 
     def __init__(self, raw: pl.Series, frame: pl.DataFrame, index: np.ndarray | None = None, shared=None):

@@ -17,7 +17,7 @@ import numpy as np
 import datakit
 from datakit import pipeline
 from datakit.convert import read_records
-from datakit.errors import OptionError
+from datakit.errors import StepError
 from datakit.options import StepConfig
 
 
@@ -39,8 +39,10 @@ def apply(name: str, options: dict[str, Any], source: Path, output: Path) -> dic
     sides = {side: str(output.with_suffix(spec.suffix)) for side, spec in cls.side_outputs.items()}
     report = pipeline.run(cls, source, output, config=config_for(name, options), to="canonical",
                           side_paths=sides).report  # fmt: skip
-    if report.stopped:
-        raise OptionError(name, f"stopped early ({report.stopped}); raise the budget and run again")
+    if report.stopped:  # a partial arm would be measured (and cached) as if it were whole
+        for path in (output, *sides.values()):
+            Path(path).unlink(missing_ok=True)
+        raise StepError(f"{name} stopped early ({report.stopped}); raise the budget and run again")
     return report.to_dict()
 
 

@@ -50,3 +50,8 @@ def load_arrow_rows(path: Path) -> list[dict]:
 @pytest.fixture
 def tmp(tmp_path: Path) -> Path:
     return tmp_path
+
+
+# The two-node Ray cluster fixture (tests marked ray; opt in). Defined once here: a session
+# fixture imported into two test modules would be two fixtures, and start two clusters.
+from ray_cluster import ray_cluster  # noqa: E402, F401

@@ -1,7 +1,7 @@
 """Pytest fixture module (not a test file): a real two-node Ray cluster on this machine.
 
-Use it from a test module with ``from ray_cluster import ray_cluster  # noqa: F401`` and mark
-the tests ``@pytest.mark.ray`` (opt in: ``pytest -m ray``). The fixture starts two separate
+conftest.py imports the fixture ``ray_cluster`` from here; tests that use it are marked
+``@pytest.mark.ray`` (opt in: ``pytest -m ray``). The fixture starts two separate
 node processes with the ``ray`` executable of this interpreter's environment:
 
 - head:   ``ray start --head --node-ip-address 127.0.0.1 --port P --num-cpus 1 ...``

@@ -12,7 +12,6 @@ from pathlib import Path
 
 import pytest
 from conftest import fixture_path
-from ray_cluster import ray_cluster  # noqa: F401  (the fixture)
 
 import datakit
 from datakit.ray_executor import RayExecutor
@@ -42,13 +41,13 @@ def same_report(local: dict, ray: dict) -> None:
     assert local == ray
 
 
-def test_dedupe_on_two_nodes_equals_the_local_executor(ray_cluster, tmp_path: Path) -> None:  # noqa: F811
+def test_dedupe_on_two_nodes_equals_the_local_executor(ray_cluster, tmp_path: Path) -> None:
     local, ray = both("dedupe", MIXED, tmp_path, ray_cluster)
     assert local["removed"] == {"exact duplicate": 150, "minhash duplicate": 152}
     same_report(local, ray)
 
 
-def test_select_on_two_nodes_equals_the_local_executor(ray_cluster, tmp_path: Path) -> None:  # noqa: F811
+def test_select_on_two_nodes_equals_the_local_executor(ray_cluster, tmp_path: Path) -> None:
     source = tmp_path / "alpaca.json"
     source.write_text(json.dumps(json.loads(fixture_path("llama-factory/alpaca_en_demo.json").read_text())[:400]))
     (tmp_path / "runs").mkdir()
@@ -57,7 +56,7 @@ def test_select_on_two_nodes_equals_the_local_executor(ray_cluster, tmp_path: Pa
     same_report(local, ray)
 
 
-def test_an_ablation_trains_its_seeds_as_ray_tasks(ray_cluster, tmp_path: Path) -> None:  # noqa: F811
+def test_an_ablation_trains_its_seeds_as_ray_tasks(ray_cluster, tmp_path: Path) -> None:
     """``evals run --executor ray``: the training and evaluation jobs run as tasks on both nodes,
     and the results equal a local run's (same seeds, same data: the same adapters and scores)."""
     from test_evals import evals_cli, tiny_recipe

@@ -46,7 +46,8 @@ class SynthConfig(StepConfig):
 
 def _reason_kind(reason: str) -> str:
     """A dropped generation's reason without its numbers and quotes, to count reasons by kind."""
-    return re.sub(r"\d+(\.\d+)?", "N", reason.split(":")[0]).strip()[:80]
+    kind = re.sub(r"'[^']*'|\"[^\"]*\"", "...", reason.split(":")[0])
+    return re.sub(r"\d+(\.\d+)?", "N", kind).strip()[:80]
 
 
 @register

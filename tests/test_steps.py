@@ -1,0 +1,132 @@
+"""The step contract: one config per step for the CLI, recipes and Python; one report; one error
+root; inputs from files, standard input or memory; outputs that never replace an input."""
+
+from __future__ import annotations
+
+import json
+import os
+import stat
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from conftest import fixture_path
+
+import datakit
+from datakit import pipeline
+from datakit.errors import DatakitError, OptionError, StepError
+from datakit.options import flag_name
+
+ALPACA = fixture_path("llama-factory/alpaca_en_demo.json")
+
+
+def cli(*args: str, stdin: bytes | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "datakit.cli", *args], input=stdin, capture_output=True)
+
+
+@pytest.mark.parametrize("name", ["dedupe", "filter", "select", "synth", "shuffle", "corrupt"])
+def test_every_config_field_is_a_flag_of_its_command_with_its_help(name: str) -> None:
+    """The CLI is generated from the config: every recipe key is a flag, and no flag is made up."""
+    from datakit.cli import main
+
+    cls = pipeline.get(name)
+    command = main.commands[name]
+    options = {o for p in command.params for o in getattr(p, "opts", [])}
+    for field in cls.Config.__dataclass_fields__.values():
+        if field.metadata.get("argument"):
+            assert field.name in [p.name for p in command.params]
+            continue
+        assert flag_name(field.name) in options, field.name
+        param = next(p for p in command.params if p.name == field.name)
+        assert param.help.startswith(field.metadata["help"].rstrip("."))
+    assert command.help == cls.help()
+
+
+def test_a_bad_value_is_the_same_error_from_python_a_recipe_and_the_cli(tmp_path: Path) -> None:
+    with pytest.raises(OptionError, match="threshold: must be between 0 and 1"):
+        datakit.run("dedupe", [], threshold=1.5)
+    from evals.recipe import RecipeError, check_step
+
+    with pytest.raises(RecipeError, match=r"arms.a.steps\[0\].dedupe.threshold: must be between 0 and 1"):
+        check_step("dedupe", {"threshold": 1.5}, "arms.a.steps[0].dedupe")
+    result = cli("dedupe", str(ALPACA), str(tmp_path / "out.json"), "--threshold", "1.5")
+    assert result.returncode == 1 and b"--threshold: must be between 0 and 1" in result.stderr
+    assert b"Traceback" not in result.stderr
+
+
+def test_settings_lsh_cannot_reach_fail_before_any_work_naming_the_key(tmp_path: Path) -> None:
+    result = cli("dedupe", str(ALPACA), str(tmp_path / "out.json"), "--threshold", "0.01")
+    assert result.returncode == 1 and b"--threshold: no bands x rows" in result.stderr, result.stderr
+    assert not (tmp_path / "out.json").exists()
+    datakit.run("dedupe", [], method="exact", threshold=0.01)  # exact does not use it
+    with pytest.raises(OptionError, match="rules: needs at least one"):
+        datakit.run("filter", [], rules="")
+    with pytest.raises(OptionError, match="k: expected a finite number"):
+        datakit.run("select", [], k=float("inf"))
+
+
+def test_every_error_a_user_can_cause_is_a_datakit_error(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"instruction": "a", "output": "b"}\n{"instruction": "c"}\n')
+    for step, options in (("dedupe", {}), ("filter", {}), ("shuffle", {})):
+        with pytest.raises(DatakitError, match="bad.jsonl:2: missing required field 'output'"):
+            datakit.run(step, bad, tmp_path / f"{step}.jsonl", **options)
+        assert not (tmp_path / f"{step}.jsonl").exists()  # nothing half-written
+    with pytest.raises(StepError, match="unknown step 'dedup'"):
+        datakit.run("dedup", bad)
+
+
+def test_empty_input_gives_empty_output_or_a_clear_error(tmp_path: Path) -> None:
+    empty = tmp_path / "empty.jsonl"
+    empty.write_text("")
+    for step in ("dedupe", "filter", "shuffle"):
+        report = datakit.run(step, empty, tmp_path / f"{step}.jsonl", from_format="alpaca").report
+        assert report.read == report.written == 0 and (tmp_path / f"{step}.jsonl").read_text() == ""
+    with pytest.raises(StepError, match="no records to select from"):
+        datakit.run("select", empty, tmp_path / "select.jsonl", from_format="alpaca", k=3)
+
+
+def test_standard_input_works_for_a_step_that_reads_its_input_twice(tmp_path: Path) -> None:
+    rows = json.loads(ALPACA.read_text())[:50]
+    data = "".join(json.dumps(r) + "\n" for r in rows + rows[:10]).encode()
+    result = cli("dedupe", "-", str(tmp_path / "out.jsonl"), "--from", "alpaca", stdin=data)
+    assert result.returncode == 0, result.stderr
+    assert b"read 60 = written 50 + removed 10" in result.stderr
+    assert len((tmp_path / "out.jsonl").read_text().splitlines()) == 50
+
+
+def test_no_output_may_replace_the_input_or_another_output(tmp_path: Path) -> None:
+    source = tmp_path / "in.json"
+    source.write_text(ALPACA.read_text())
+    before = source.read_bytes()
+    with pytest.raises(StepError, match="would overwrite the input"):
+        datakit.run("filter", source, source)
+    with pytest.raises(StepError, match="would overwrite the input"):
+        datakit.run("dedupe", source, tmp_path / "out.json", side_paths={"clusters": source})
+    with pytest.raises(StepError, match="would overwrite another output"):
+        datakit.run("filter", source, tmp_path / "out.json", side_paths={"rejects": tmp_path / "out.json"})
+    assert source.read_bytes() == before
+
+
+def test_reject_rows_name_the_file_and_line_and_files_follow_the_umask(tmp_path: Path) -> None:
+    source = tmp_path / "in.jsonl"
+    rows = [{"instruction": "Name a colour.", "output": "Blue."}, {"instruction": "Name a colour.", "output": " "}]
+    source.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    report = datakit.run("filter", source, tmp_path / "out.jsonl").report
+    (reject,) = [json.loads(line) for line in Path(report.side_outputs["rejects"]).read_text().splitlines()]
+    assert (reject["file"], reject["line"], reject["rule"]) == (str(source), 2, "empty_response")
+    mask = os.umask(0)
+    os.umask(mask)
+    assert stat.S_IMODE((tmp_path / "out.jsonl").stat().st_mode) == 0o666 & ~mask
+
+
+def test_the_report_accounts_for_every_record_or_says_it_is_a_bug() -> None:
+    report = pipeline.Report("x", "in", "out", {}, read=10, written=7, removed={"duplicate": 2})
+    with pytest.raises(RuntimeError, match="unaccounted"):
+        report.check()
+    report.removed["duplicate"] = 3
+    report.check()
+    assert "records: read 10 = written 7 + removed 3" in report.text() and report.to_dict()["removed"] == {
+        "duplicate": 3
+    }
