@@ -344,7 +344,8 @@ class Dedupe(Step):
     def __init__(self, config: DedupeConfig, paths=None, **resources: Any):
         super().__init__(config, paths, **resources)
         self.stages = METHODS[config.method]
-        self.params = minhash.choose_lsh_params(config.jaccard, config.num_perm)
+        if "minhash" in self.stages:  # (the threshold only matters to the minhash stage)
+            self.params = minhash.choose_lsh_params(config.jaccard, config.num_perm)
         self.removed_by = np.zeros(0, dtype=np.int8)  # per position: 0 kept, else 1 + stage number
         self.found: list[StageClusters] = []
         self.ids = pl.Series("id", [], dtype=pl.String)

@@ -3,6 +3,7 @@ root; inputs from files, standard input or memory; outputs that never replace an
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import stat
@@ -33,7 +34,7 @@ def test_every_config_field_is_a_flag_of_its_command_with_its_help(name: str) ->
     cls = pipeline.get(name)
     command = main.commands[name]
     options = {o for p in command.params for o in getattr(p, "opts", [])}
-    for field in cls.Config.__dataclass_fields__.values():
+    for field in dataclasses.fields(cls.Config):
         if field.metadata.get("argument"):
             assert field.name in [p.name for p in command.params]
             continue
