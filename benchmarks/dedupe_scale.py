@@ -28,22 +28,7 @@ import time
 from pathlib import Path
 
 from _measure import run_process
-
-FIXTURES = Path(__file__).resolve().parents[1] / "tests" / "fixtures"
-
-
-def fixture_pairs() -> list[tuple[str, str]]:
-    pairs = []
-    for name in ("alpaca_en_demo.json", "alpaca_zh_demo.json", "identity.json"):
-        for row in json.loads((FIXTURES / "formats/llama-factory" / name).read_text()):
-            pairs.append(("\n".join(p for p in (row["instruction"], row["input"]) if p), row["output"]))
-    for line in (FIXTURES / "bench/gsm8k/train.jsonl").read_text().splitlines():
-        row = json.loads(line)
-        pairs.append((row["question"], row["answer"]))
-    for row in json.loads((FIXTURES / "formats/fastchat/dummy_conversation.json").read_text()):
-        turns = row["conversations"]
-        pairs.append((turns[0]["value"], turns[1]["value"]))
-    return pairs
+from dedupe_speed import fixture_texts  # the same fixture texts as the 200k speed benchmark
 
 
 def typos(text: str, rng: random.Random) -> str:
@@ -56,7 +41,7 @@ def typos(text: str, rng: random.Random) -> str:
 def write_records(path: Path, count: int, seed: int = 0) -> None:
     """``count`` Alpaca records as JSONL, streamed (only a window of recent records is held)."""
     rng = random.Random(seed)
-    pool = [(p.split(" "), r.split(" ")) for p, r in fixture_pairs()]
+    pool = [(p.split(" "), r.split(" ")) for p, r in fixture_texts()]
     vocabulary = sorted({w for p, r in pool for w in p + r if w})
     recent: list[tuple[str, str]] = []
     tmp = path.with_suffix(".tmp")
