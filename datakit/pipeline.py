@@ -77,10 +77,12 @@ class Processed:
 
 @dataclass
 class SideOutput:
-    """A file a step writes beside its output (default path: OUTPUT + suffix)."""
+    """A file a step writes beside its output (default path: OUTPUT + suffix): JSONL rows that
+    the step hands to the executor (``rows``), or a file the step writes itself (a plot)."""
 
     suffix: str
     help: str
+    rows: bool = True
 
 
 @dataclass
@@ -430,10 +432,12 @@ def run(
     if str(input) == "-":  # standard input: saved first, since a global step reads its input twice
         spooled = spool_stdin(getattr(executor, "workdir", None))
         try:
-            return run(cls, spooled, output, to=to, from_format=from_format, read_options=read_options,
-                       side_paths=side_paths, executor=executor, config=config, resources=resources)  # fmt: skip
+            result = run(cls, spooled, output, to=to, from_format=from_format, read_options=read_options,
+                         side_paths=side_paths, executor=executor, config=config, resources=resources)  # fmt: skip
         finally:
             spooled.unlink(missing_ok=True)
+        result.report.input = "-"
+        return result
     started = time.perf_counter()
     chosen = dict(side_paths or {})
     paths = {
@@ -468,7 +472,7 @@ def run(
 
 
 def _row_sides(cls: type[Step]) -> set[str]:
-    return {name for name, side in cls.side_outputs.items() if side.suffix.endswith(".jsonl")}
+    return {name for name, side in cls.side_outputs.items() if side.rows}
 
 
 def _peek_format(path: str | Path, read_options: ReadOptions | None) -> str:

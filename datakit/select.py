@@ -225,7 +225,7 @@ class Select(Step):
     name = "select"
     Config = SelectConfig
     output_format = "canonical"  # meta["select"] needs the canonical record
-    side_outputs = {"plot": SideOutput(".png", "PNG of the 2-D projection, chosen records marked.")}
+    side_outputs = {"plot": SideOutput(".png", "PNG of the 2-D projection, chosen records marked.", rows=False)}
 
     def scan(self, batch: Batch) -> dict[str, pl.DataFrame]:
         config = self.config

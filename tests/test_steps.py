@@ -93,7 +93,7 @@ def test_standard_input_works_for_a_step_that_reads_its_input_twice(tmp_path: Pa
     data = "".join(json.dumps(r) + "\n" for r in rows + rows[:10]).encode()
     result = cli("dedupe", "-", str(tmp_path / "out.jsonl"), "--from", "alpaca", stdin=data)
     assert result.returncode == 0, result.stderr
-    assert b"read 60 = written 50 + removed 10" in result.stderr
+    assert b"dedupe: - -> " in result.stderr and b"read 60 = written 50 + removed 10" in result.stderr
     assert len((tmp_path / "out.jsonl").read_text().splitlines()) == 50
 
 
