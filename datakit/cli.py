@@ -2,8 +2,8 @@
 
 The data steps' commands (dedupe, filter, select, synth, shuffle, corrupt) are generated from
 the step registry (datakit.pipeline): their flags come from each step's config dataclass, so a
-flag, its recipe key, its help and its checks cannot drift apart. Every DatakitError becomes a
-one-line message (exit status 1); a traceback means a bug in datakit.
+flag, its recipe key, its help and its checks cannot drift apart. How a command ends on an
+error or an interruption is decided in one place, datakit.commands.
 """
 
 from __future__ import annotations
@@ -15,12 +15,12 @@ import click
 import orjson
 
 from datakit import pipeline
-from datakit.convert import convert_file, write_dataset_info
-from datakit.errors import DatakitError, OptionError
+from datakit.commands import Commands
+from datakit.convert import check_dataset_info, convert_file, write_dataset_info
 from datakit.formats import FORMATS, ReadOptions
 from datakit.inspect import inspect as inspect_api
 from datakit.inspect import render
-from datakit.options import flag_name
+from datakit.io import refuse_overwrite
 
 FORMAT_CHOICE = click.Choice(list(FORMATS))
 
@@ -55,7 +55,7 @@ def read_option_flags(func):
     return func
 
 
-@click.group()
+@click.group(cls=Commands)
 @click.version_option(package_name="datakit")
 def main() -> None:
     """datakit: convert, clean and compare instruction-tuning data."""
@@ -82,22 +82,22 @@ def convert(
     input, output, to, from_format, on_error, rejects, lossy, dataset_info, dataset_name, quiet, **read_flags
 ) -> None:
     """Convert INPUT to OUTPUT (.json .jsonl .parquet .csv, optionally .gz; '-' for stdin/stdout)."""
-    try:
-        summary = convert_file(
-            input,
-            output,
-            to,
-            from_format,
-            on_error=on_error,
-            rejects=rejects,
-            lossy=lossy,
-            read_options=_read_options(**read_flags),
-            progress=not quiet and sys.stderr.isatty(),
-        )
-        if dataset_info:
-            write_dataset_info(dataset_info, output, to, dataset_name)
-    except DatakitError as exc:
-        raise click.ClickException(str(exc)) from None
+    if dataset_info:
+        refuse_overwrite([input], [output, rejects, dataset_info])
+        check_dataset_info(dataset_info, to)
+    summary = convert_file(
+        input,
+        output,
+        to,
+        from_format,
+        on_error=on_error,
+        rejects=rejects,
+        lossy=lossy,
+        read_options=_read_options(**read_flags),
+        progress=not quiet and sys.stderr.isatty(),
+    )
+    if dataset_info:
+        write_dataset_info(dataset_info, output, to, dataset_name)
     if not quiet:
         click.echo(summary.text(), err=True)
 
@@ -109,10 +109,7 @@ def convert(
 @read_option_flags
 def inspect(input, from_format, as_json, **read_flags) -> None:
     """Show what INPUT holds: format, records, turns, roles, lengths, empty fields, duplicates."""
-    try:
-        report = inspect_api(input, from_format, _read_options(**read_flags))
-    except DatakitError as exc:
-        raise click.ClickException(str(exc)) from None
+    report = inspect_api(input, from_format, _read_options(**read_flags))
     if as_json:
         click.echo(orjson.dumps(report, option=orjson.OPT_INDENT_2).decode())
     else:
@@ -170,13 +167,10 @@ def train_command(config_file, data, full, qlora, no_checkpointing, quiet, **fla
     flags["method"] = "full" if full else "qlora" if qlora else None
     flags["gradient_checkpointing"] = False if no_checkpointing else None
     values = {k: v for k, v in flags.items() if v is not None}
-    try:
-        config = TrainConfig.from_yaml(config_file, **values) if config_file else TrainConfig.from_dict(values, "flags")
-        if not config.data:
-            raise ConfigError("data: give at least one --data file")
-        result = fit(config, progress=not quiet)
-    except DatakitError as exc:
-        raise click.ClickException(str(exc)) from None
+    config = TrainConfig.from_yaml(config_file, **values) if config_file else TrainConfig.from_dict(values, "flags")
+    if not config.data:
+        raise ConfigError("data: give at least one --data file")
+    result = fit(config, progress=not quiet)
     if not quiet:
         dropped = ", ".join(f"{n} {reason}" for reason, n in result.dropped.items()) or "none"
         click.echo(
@@ -250,15 +244,10 @@ def step_command(cls: type[pipeline.Step]) -> click.Command:
 
     def callback(input, output, to, from_format, quiet, executor, address, workdir, **values) -> None:
         sides = {name: values.pop(f"side_{name}") for name in cls.side_outputs}
-        try:
-            config = cls.Config.from_mapping({k: values[k] for k in config_keys})
-            result = pipeline.run(cls, input, output, config=config, to=to, from_format=from_format,
-                                  side_paths=sides, executor=make_executor(executor, address, workdir),
-                                  resources={"progress": not quiet and sys.stderr.isatty()})  # fmt: skip
-        except OptionError as exc:
-            raise click.ClickException(f"{flag_name(exc.key)}: {exc.problem}") from None
-        except DatakitError as exc:
-            raise click.ClickException(str(exc)) from None
+        config = cls.Config.from_mapping({k: values[k] for k in config_keys})
+        result = pipeline.run(cls, input, output, config=config, to=to, from_format=from_format,
+                              side_paths=sides, executor=make_executor(executor, address, workdir),
+                              resources={"progress": not quiet and sys.stderr.isatty()})  # fmt: skip
         if not quiet:
             click.echo(result.report.text(), err=True)
         if result.report.stopped:

@@ -19,7 +19,7 @@ import itertools
 import multiprocessing
 import os
 import shutil
-import tempfile
+import signal
 import time
 from collections import Counter
 from collections.abc import Iterable, Iterator
@@ -33,7 +33,18 @@ import polars as pl
 from datakit import formats
 from datakit.errors import DatakitError
 from datakit.formats import Read, ReadOptions, Rejected, Skipped, Used, WriteOptions
-from datakit.io import AtomicFile, RowWriter, SourceRow, file_kind, parse_json_line, read_rows
+from datakit.io import (
+    GZIP_ERRORS,
+    AtomicFile,
+    RowWriter,
+    SourceRow,
+    damaged_gzip,
+    file_kind,
+    parse_json_line,
+    read_rows,
+    refuse_overwrite,
+    scratch,
+)
 from datakit.record import RecordError
 
 DETECT_SAMPLE = 200
@@ -170,6 +181,10 @@ def _convert_outcomes(
         if on_error == "fail":
             chunk.error = f"{row.where()}: {reason}"
         else:
+            try:
+                orjson.dumps(record)
+            except (orjson.JSONEncodeError, TypeError):  # deeper than JSON writers go: keep the text
+                record = row.raw if row.raw is not None else repr(record)[:10_000]
             chunk.rejects.append({"stage": stage, **row.location(), "reason": reason, "record": record})
 
     for outcome in outcomes:
@@ -245,6 +260,15 @@ def _convert_lines(job: tuple) -> _Chunk:
     return chunk
 
 
+def _worker_signals() -> None:
+    """Workers leave Ctrl-C to the main process (a terminal sends it to the whole process
+    group), which then stops them all at once with ``pool.terminate()``, whose SIGTERM must
+    end them at once rather than run the main process's handler."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGTERM})
+
+
 def _line_blocks(path: str, size: int) -> Iterator[tuple[bytes | tuple[int, int], int]]:
     """(block, number of its first line) for blocks of whole lines, about ``size`` bytes each.
 
@@ -253,14 +277,17 @@ def _line_blocks(path: str, size: int) -> Iterator[tuple[bytes | tuple[int, int]
     """
     kind, gz = file_kind(path)
     opener = gzip.open if gz else open
-    with opener(path, "rb") as f:
-        first, start = 1, 0
-        while block := f.read(size):
-            block += f.readline()  # finish the last line
-            end = start + len(block)
-            yield (block if gz else (start, end)), first
-            first += block.count(b"\n")
-            start = end
+    try:
+        with opener(path, "rb") as f:
+            first, start = 1, 0
+            while block := f.read(size):
+                block += f.readline()  # finish the last line
+                end = start + len(block)
+                yield (block if gz else (start, end)), first
+                first += block.count(b"\n")
+                start = end
+    except GZIP_ERRORS as exc:
+        raise damaged_gzip(path, exc) from None
 
 
 def _read_block(file: str, block: bytes | tuple[int, int]) -> bytes:
@@ -295,6 +322,9 @@ def convert_file(
     read_options = read_options or ReadOptions()
     write_options = WriteOptions(lossy=lossy, alpaca_separator=read_options.alpaca_separator)
     target = formats.get(to)
+    if rejects is None and on_error == "skip" and str(output) != "-":
+        rejects = f"{output}.rejects.jsonl"
+    refuse_overwrite([input], [output, rejects])
     from_format, detected, outcomes = open_records(input, from_format, read_options)
     summary = Summary(str(input), str(output), from_format, to, detected)
     if on_error == "skip":
@@ -316,12 +346,22 @@ def convert_file(
     try:
         if parallel:
             outcomes.close()  # the workers read the file themselves
-            part_dir = tempfile.mkdtemp(prefix=".datakit-parts-", dir=writer.directory) if writer.is_json else None
+            part_dir = (
+                str(scratch(writer.directory, f".{Path(output).name}.", ".parts", folder=True))
+                if writer.is_json
+                else None
+            )
             jobs = (
                 (block, first, str(input), from_format, to, read_options, write_options, on_error, part_dir)
                 for block, first in _line_blocks(str(input), CHUNK_BYTES)
             )
-            pool = multiprocessing.get_context("fork").Pool(workers)
+            # SIGTERM stays blocked while the workers start, until each has its own handler: one
+            # that came earlier would run the main process's handler in a worker and hang it
+            blocked = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM})
+            try:
+                pool = multiprocessing.get_context("fork").Pool(workers, initializer=_worker_signals)
+            finally:
+                signal.pthread_sigmask(signal.SIG_SETMASK, blocked)
             chunks = pool.imap(_convert_lines, jobs)
         else:
             chunks = _serial_chunks(outcomes, to, write_options, on_error)
@@ -427,10 +467,25 @@ DATASET_INFO_COLUMNS = {
 }
 
 
+def check_dataset_info(info_path: str | Path, to: str) -> None:
+    """Before converting: the entry can be written (a known layout; an existing file is a JSON object)."""
+    if to not in DATASET_INFO_COLUMNS:
+        raise ConversionError(
+            f"LLaMA-Factory reads alpaca or sharegpt layouts; there is no dataset_info entry for {to!r}"
+        )
+    path = Path(info_path)
+    if path.exists():
+        try:
+            value = orjson.loads(path.read_bytes())
+        except orjson.JSONDecodeError as exc:
+            raise ConversionError(f"{path}: not valid JSON ({exc}); it would be replaced") from None
+        if not isinstance(value, dict):
+            raise ConversionError(f"{path}: expected a JSON object of dataset entries")
+
+
 def write_dataset_info(info_path: str | Path, output: str | Path, to: str, name: str | None = None) -> dict[str, Any]:
     """Add (or replace) the entry for ``output`` in a LLaMA-Factory ``dataset_info.json``."""
-    if to not in DATASET_INFO_COLUMNS:
-        raise ValueError(f"LLaMA-Factory reads alpaca or sharegpt layouts; there is no dataset_info entry for {to!r}")
+    check_dataset_info(info_path, to)
     info_path = Path(info_path)
     output = Path(output)
     name = name or output.name.split(".")[0]

@@ -55,7 +55,7 @@ class DedupeConfig(StepConfig):
                                      f"method semantic (default {DEFAULT_COSINE}).", low=0, high=1, open_range=True)  # fmt: skip
     cosine: float = option(DEFAULT_COSINE, "Semantic threshold with method all.", low=0, high=1, open_range=True)
     keep: str = option("first", KEEP_HELP)
-    ngram: int = option(5, "MinHash shingle size in words.", low=1)
+    ngram: int = option(5, "MinHash shingle size in words.", low=1, high=1000)
     num_perm: int = option(128, "MinHash permutations.", low=8, high=1024)
     backend: str = option("numpy", "MinHash signatures: datakit's vectorised kernel, or datasketch (the reference).",
                           choices=("numpy", "datasketch"))  # fmt: skip

@@ -8,6 +8,9 @@ the Python API caught before this root existed.
 
 from __future__ import annotations
 
+import reprlib
+from typing import Any
+
 
 class DatakitError(Exception):
     """Something the user can fix; the message names the file, record, option or key, and why."""
@@ -25,3 +28,14 @@ class OptionError(DatakitError, ValueError):
 
 class StepError(DatakitError, ValueError):
     """A step cannot go on with this input (a bad row, a record the output format cannot hold)."""
+
+
+def shown(value: Any, limit: int = 60) -> str:
+    """A value as an error message quotes it: about ``limit`` characters at most, whatever its size
+    (a megabyte role name, a YAML alias bomb), so that an error stays one short line."""
+    text = _SHORT.repr(value)
+    return text if len(text) <= limit else text[:limit] + "..."
+
+
+_SHORT = reprlib.Repr()  # (keyword arguments need Python 3.12)
+_SHORT.maxlevel, _SHORT.maxlist, _SHORT.maxdict, _SHORT.maxstring, _SHORT.maxother = 2, 4, 4, 50, 50

@@ -13,8 +13,10 @@ import io
 import json
 import os
 import shutil
+import socket
 import sys
 import tempfile
+import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,6 +24,7 @@ from typing import IO, Any
 
 import orjson
 import polars as pl
+import pyarrow as pa
 
 from datakit.errors import DatakitError
 
@@ -81,8 +84,30 @@ def _open_text(path: str | Path, gz: bool) -> IO[bytes]:
 # --- reading --------------------------------------------------------------------------
 
 
+GZIP_ERRORS = (EOFError, zlib.error, gzip.BadGzipFile)  # what a damaged or cut .gz raises while read
+
+
+def damaged_gzip(path: str | Path, exc: Exception) -> InputError:
+    return InputError(f"{path}: damaged or truncated gzip data ({exc})")
+
+
 def read_rows(path: str | Path, kind: str | None = None) -> Iterator[SourceRow]:
-    """Yield every row of a file, in order. ``-`` reads JSON or JSONL from stdin."""
+    """Yield every row of a file, in order. ``-`` reads JSON or JSONL from stdin.
+
+    A file that cannot be decoded at all (a truncated or damaged gzip, Parquet or Arrow file,
+    text that is not UTF-8 in a CSV) is an InputError naming it; a bad row is a row with ``error``.
+    """
+    try:
+        yield from _read_rows(path, kind)
+    except GZIP_ERRORS as exc:
+        raise damaged_gzip(path, exc) from None
+    except UnicodeDecodeError as exc:
+        raise InputError(f"{path}: not UTF-8 text ({exc.reason} at byte {exc.start})") from None
+    except (pa.ArrowException, pl.exceptions.PolarsError) as exc:
+        raise InputError(f"{path}: cannot be read as {kind or file_kind(path)[0]} ({exc})") from None
+
+
+def _read_rows(path: str | Path, kind: str | None = None) -> Iterator[SourceRow]:
     name = str(path)
     if name == "-":
         yield from _read_stdin()
@@ -210,6 +235,28 @@ def _read_csv(file: str, gz: bool) -> Iterator[SourceRow]:
 # --- writing --------------------------------------------------------------------------
 
 
+class OverwriteError(DatakitError, ValueError):
+    """An output path that would replace an input or another output of the same command."""
+
+
+def refuse_overwrite(inputs: list[str | Path], outputs: list[str | Path | None]) -> None:
+    """Before any work: no output may resolve to an input or to another output of the same run
+    (through links or relative paths too), or be a folder. ``-`` (stdout) and None are skipped."""
+    seen: dict[Path, str] = {Path(p).resolve(): "the input" for p in inputs if p is not None and str(p) != "-"}
+    for path in outputs:
+        if path is None or str(path) in ("", "-"):
+            continue
+        where = Path(path).resolve()
+        if where in seen:
+            raise OverwriteError(f"{path}: would overwrite {seen[where]}; choose another path")
+        seen[where] = "another output of this command"
+        if where.is_dir():  # found now, not when the finished file is renamed onto it
+            raise OverwriteError(f"{path}: is a directory, not a file")
+        parent = next((p for p in where.parents if p.exists()), None)
+        if parent is not None and not parent.is_dir():
+            raise OverwriteError(f"{path}: {parent} is a file, not a folder")
+
+
 def _current_umask() -> int:
     mask = os.umask(0)
     os.umask(mask)
@@ -219,15 +266,62 @@ def _current_umask() -> int:
 _UMASK = _current_umask()
 
 
+_HOST = "".join(c if c.isalnum() else "_" for c in socket.gethostname())
+
+
+def scratch(directory: str | Path | None, prefix: str, suffix: str = "", folder: bool = False) -> Path:
+    """A new temporary file (or folder) in ``directory`` (default: the system's temp folder).
+
+    Its name says which machine and process made it (``PREFIXdatakit-HOST-PID.RANDOM SUFFIX``), so
+    that the temporary files a killed run left behind can be told from a running one's: they are
+    removed here, before a new one is made, and never pile up.
+    """
+    directory = Path(directory) if directory else Path(tempfile.gettempdir())
+    directory.mkdir(parents=True, exist_ok=True)
+    remove_stale(directory, prefix, suffix)
+    mark = f"{prefix}datakit-{_HOST}-{os.getpid()}."
+    if folder:
+        return Path(tempfile.mkdtemp(prefix=mark, suffix=suffix, dir=directory))
+    fd, name = tempfile.mkstemp(prefix=mark, suffix=suffix, dir=directory)
+    os.close(fd)
+    return Path(name)
+
+
+def remove_stale(directory: Path, prefix: str, suffix: str = "") -> list[Path]:
+    """Remove this machine's temporary files of ``scratch(directory, prefix, suffix)`` whose
+    process no longer runs; return them."""
+    start = f"{prefix}datakit-{_HOST}-"
+    removed = []
+    try:
+        entries = [e for e in directory.iterdir() if e.name.startswith(start) and e.name.endswith(suffix)]
+    except OSError:
+        return removed
+    for entry in entries:
+        pid = entry.name[len(start) :].split(".", 1)[0]
+        if pid.isdigit() and not _running(int(pid)):
+            shutil.rmtree(entry, ignore_errors=True) if entry.is_dir() else entry.unlink(missing_ok=True)
+            removed.append(entry)
+    return removed
+
+
+def _running(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process
+        return True
+    return True
+
+
 def spool_stdin(folder: str | Path | None = None) -> Path:
     """Standard input saved to a temporary file (a step may read its input twice); the caller
     deletes it. The name's extension tells the readers whether it is JSON or JSON lines."""
     data = sys.stdin.buffer.read()
     suffix = ".json" if data.lstrip()[:1] == b"[" else ".jsonl"
-    fd, name = tempfile.mkstemp(prefix="datakit-stdin-", suffix=suffix, dir=folder)
-    with os.fdopen(fd, "wb") as f:
-        f.write(data)
-    return Path(name)
+    path = scratch(folder, "stdin-", suffix)
+    path.write_bytes(data)
+    return path
 
 
 class AtomicFile:
@@ -235,16 +329,17 @@ class AtomicFile:
 
     def __init__(self, path: str | Path):
         self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{self.path.name}.", suffix=".tmp", dir=self.path.parent)
-        os.close(fd)
-        self.tmp_path = Path(tmp)
+        self.tmp_path = scratch(self.path.parent, f".{self.path.name}.", ".tmp")
 
     def commit(self) -> None:
         with open(self.tmp_path, "rb") as f:
             os.fsync(f.fileno())
         os.chmod(self.tmp_path, 0o666 & ~_UMASK)  # mkstemp made it 0600; a new file follows the umask
-        os.replace(self.tmp_path, self.path)
+        try:
+            os.replace(self.tmp_path, self.path)
+        except OSError:
+            self.abort()
+            raise
 
     def abort(self) -> None:
         self.tmp_path.unlink(missing_ok=True)
@@ -375,6 +470,11 @@ class RowWriter:
 
     def close(self) -> None:
         """Finish the file and move it into place."""
+        self.finish()
+        self.commit()
+
+    def finish(self) -> None:
+        """Write the file's end and close it (still under its temporary name)."""
         if self.kind == "json":
             self._stream.write(b"\n]\n" if self.count else b"]\n")
         elif self.kind == "csv":
@@ -389,7 +489,11 @@ class RowWriter:
         self._stream.close()
         if getattr(self, "_raw", None) is not None and self._raw is not self._stream:
             self._raw.close()
-        self._atomic.commit()
+
+    def commit(self) -> None:
+        """Move the finished file into place."""
+        if self._atomic is not None:
+            self._atomic.commit()
 
     def abort(self) -> None:
         """Drop the temporary file; the output path is left as it was."""

@@ -27,6 +27,7 @@ from pathlib import Path
 
 from datakit.embed import cache_dir
 from datakit.errors import DatakitError
+from datakit.io import scratch
 
 
 @dataclass(frozen=True)
@@ -113,7 +114,7 @@ def hf_folder(model: EmbeddedLLM = SMOLLM2) -> Path:
     if hasattr(network.config, "quantization_config"):
         del network.config.quantization_config
     folder.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{model.name}.", dir=folder.parent))
+    staging = scratch(folder.parent, f".{model.name}.", folder=True)
     network.save_pretrained(staging, safe_serialization=True)
     tokenizer.save_pretrained(staging)
     staging.replace(folder)

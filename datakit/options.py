@@ -102,6 +102,9 @@ def _base_type(annotation: Any) -> tuple[Any, bool]:
     return annotation, False
 
 
+MAX_INT = 2**63 - 1
+
+
 def _checked(key: str, value: Any, annotation: Any, meta: Any) -> Any:
     kind, nullable = _base_type(annotation)
     if value is None:
@@ -146,6 +149,8 @@ def _checked(key: str, value: Any, annotation: Any, meta: Any) -> Any:
         above = high is not None and (value >= high if open_range else value > high)
         if below or above:
             raise OptionError(key, f"must be {_range_text(low, high, open_range)}, got {value}")
+        if isinstance(value, int) and not -MAX_INT <= value <= MAX_INT:  # numpy, numba and torch take 64 bits
+            raise OptionError(key, f"must be between -{MAX_INT} and {MAX_INT}, got {value}")
     return value
 
 

@@ -22,7 +22,7 @@ from datakit.pipeline import Processed, WholeSetStep, register
 
 @dataclass
 class ShuffleConfig(StepConfig):
-    seed: int = option(1, "Seed of the new order.")
+    seed: int = option(1, "Seed of the new order.", low=0, high=2**32 - 1)
 
 
 @register
@@ -43,7 +43,7 @@ class CorruptConfig(StepConfig):
                                       "of that share (right language, wrong answer).", low=0, high=1)  # fmt: skip
     shuffle_words: float = option(0.0, "Share of records whose answers have their words put in random order "
                                   "(broken language).", low=0, high=1)  # fmt: skip
-    seed: int = option(0, "Seed of which records are damaged.")
+    seed: int = option(0, "Seed of which records are damaged.", low=0, high=2**32 - 1)
 
     def check(self) -> None:
         if not (self.shuffle_responses or self.shuffle_words):

@@ -25,8 +25,8 @@ Every step fills one Report (read, created, written, removed by reason, consumed
 from __future__ import annotations
 
 import dataclasses
+import os
 import shutil
-import tempfile
 import time
 from collections import Counter
 from collections.abc import Iterator
@@ -38,8 +38,8 @@ import polars as pl
 
 from datakit import formats
 from datakit.errors import StepError
-from datakit.formats import Read, ReadOptions, Rejected
-from datakit.io import RowWriter, spool_stdin
+from datakit.formats import Read, ReadOptions, Rejected, Skipped, Used
+from datakit.io import RowWriter, refuse_overwrite, scratch, spool_stdin
 from datakit.options import StepConfig
 from datakit.record import RecordError, from_frame, to_frame
 
@@ -99,6 +99,9 @@ class Report:
     written: int = 0
     consumed: int = 0  # input records used to make others and not written themselves (synth seeds)
     removed: dict[str, int] = field(default_factory=dict)  # reason -> count
+    # input rows that hold no record of their own, by reason: left out by a documented policy
+    # (a P3 wrong-answer row), or used inside other records (an OpenAssistant parent message)
+    rows_not_records: dict[str, int] = field(default_factory=dict)
     figures: dict[str, Any] = field(default_factory=dict)  # step-specific numbers
     side_outputs: dict[str, str] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
@@ -130,6 +133,11 @@ class Report:
         lines.append(f"records: {left} = {right}")
         for reason, n in sorted(self.removed.items(), key=lambda kv: -kv[1]):
             lines.append(f"  {n:>8}  {reason}")
+        if self.rows_not_records:
+            lines.append(f"input rows that are not records: {sum(self.rows_not_records.values())}")
+            lines += [
+                f"  {n:>8}  {reason}" for reason, n in sorted(self.rows_not_records.items(), key=lambda kv: -kv[1])
+            ]
         for key, value in self.figures.items():
             lines.append(f"{key}: {value:.4g}" if isinstance(value, float) else f"{key}: {value}")
         for name, path in self.side_outputs.items():
@@ -295,9 +303,14 @@ Source = str | Path | list[dict[str, Any]]
 
 
 def read_batches(
-    source: Source, from_format: str | None, read_options: ReadOptions | None, size: int = BATCH_SIZE
+    source: Source,
+    from_format: str | None,
+    read_options: ReadOptions | None,
+    size: int = BATCH_SIZE,
+    not_records: dict[str, int] | None = None,
 ) -> tuple[str, Iterator[Batch]]:
-    """(the input's format, its records in batches); a bad row stops with its file, line and reason."""
+    """(the input's format, its records in batches); a bad row stops with its file, line and reason.
+    Rows that hold no record (skipped by policy, used in others) are counted in ``not_records``."""
     if isinstance(source, list):
         return "canonical", (Batch(source[i : i + size], i) for i in range(0, max(len(source), 1), size))
     from datakit.convert import open_records
@@ -312,6 +325,9 @@ def read_batches(
             if isinstance(outcome, Rejected):
                 hint = "run `datakit convert --on-error skip` first to set bad rows aside"
                 raise StepError(f"{outcome.row.where()}: {outcome.reason} ({hint})")
+            if isinstance(outcome, (Skipped, Used)) and not_records is not None:
+                reason = outcome.reason if isinstance(outcome, Skipped) else "used inside other records"
+                not_records[reason] = not_records.get(reason, 0) + 1
             if isinstance(outcome, Read):
                 records.append(outcome.record)
                 locations.append(outcome.row.location())
@@ -359,9 +375,19 @@ class Sink:
                 self.side_rows[name].extend(rows)
 
     def close(self, ok: bool) -> None:
-        """Move every file into place (ok) or drop them all (a failure leaves no partial output)."""
-        for writer in self.writers:
-            writer.close() if ok else writer.abort()
+        """Move every file into place (ok) or drop them all (a failure leaves no partial output).
+        Every file is finished before any is renamed, so a full disk leaves none of them."""
+        done = 0
+        try:
+            if ok:
+                for writer in self.writers:
+                    writer.finish()
+                for writer in self.writers:
+                    writer.commit()
+                    done += 1
+        finally:
+            for writer in self.writers[done:] if ok else self.writers:
+                writer.abort()
 
 
 # --- running a step ----------------------------------------------------------------------
@@ -386,17 +412,17 @@ class LocalExecutor:
 
     def execute(self, step: Step, source: Source, sink: Sink, report: Report, from_format, read_options) -> None:
         if step.is_global():
-            if self.workdir:
-                Path(self.workdir).mkdir(parents=True, exist_ok=True)
-            with tempfile.TemporaryDirectory(prefix=f"datakit-{step.name}-", dir=self.workdir) as tmp:
+            tmp = scratch(self.workdir, f"{step.name}-tables-", folder=True)
+            try:
                 tables = Tables(tmp, step.shuffle)
                 _, batches = read_batches(source, from_format, read_options, self.batch_size)
                 for batch in batches:
                     for name, frame in step.scan(batch).items():
                         tables.write(name, frame, f"{batch.start:012d}")
                 step.reduce(tables)
+            finally:
                 shutil.rmtree(tmp, ignore_errors=True)
-        _, batches = read_batches(source, from_format, read_options, self.batch_size)
+        _, batches = read_batches(source, from_format, read_options, self.batch_size, report.rows_not_records)
         for batch in batches:
             report.read += len(batch)
             processed = step.process(batch)
@@ -444,8 +470,11 @@ def run(
         name: str(chosen.get(name) or f"{output}{side.suffix}") for name, side in cls.side_outputs.items()
     } if output is not None else {name: "" for name in cls.side_outputs}  # fmt: skip
     if output is not None:
-        _refuse_overwrite(None if isinstance(input, list) else input, [str(output), *paths.values()])
-    instance = cls(config, paths, **(resources or {}))
+        refuse_overwrite([] if isinstance(input, list) else [input], [str(output), *paths.values()])
+    # A file a step writes itself (select's plot) is staged under a temporary name and moved into
+    # place only when the whole run succeeds: a failed run leaves no finished-looking side file.
+    staged = {n: _staging_name(p) for n, p in paths.items() if p and n not in _row_sides(cls)}
+    instance = cls(config, {**paths, **{n: str(p) for n, p in staged.items()}}, **(resources or {}))
     input_format = "canonical" if isinstance(input, list) else (from_format or _peek_format(input, read_options))
     target = to or instance.target_format(input_format)
     name_in = "<records>" if isinstance(input, list) else str(input)
@@ -461,6 +490,10 @@ def run(
         ok = True
     finally:
         sink.close(ok)
+        for name, path in staged.items():
+            if ok and path.exists():
+                os.replace(path, paths[name])
+            path.unlink(missing_ok=True)
     report.consumed = instance.consumed(report.read)
     report.notes = instance.notes
     report.figures.update(instance.figures)
@@ -469,6 +502,13 @@ def run(
     report.seconds = time.perf_counter() - started
     report.check()
     return Result(report, sink.records, sink.side_rows)
+
+
+def _staging_name(path: str) -> Path:
+    """A temporary name beside ``path`` for a file a step writes (free: the step creates it)."""
+    staged = scratch(Path(path).parent, f".{Path(path).name}.", Path(path).suffix)
+    staged.unlink()
+    return staged
 
 
 def _row_sides(cls: type[Step]) -> set[str]:
@@ -480,15 +520,3 @@ def _peek_format(path: str | Path, read_options: ReadOptions | None) -> str:
 
     fmt, _, _ = open_records(path, None, read_options)
     return fmt
-
-
-def _refuse_overwrite(input: str | Path | None, outputs: list[str]) -> None:
-    """No output may replace the input or another output of the same run."""
-    seen: dict[Path, str] = {} if input is None else {Path(input).resolve(): "the input"}
-    for path in outputs:
-        if path == "-":
-            continue
-        where = Path(path).resolve()
-        if where in seen:
-            raise StepError(f"{path}: would overwrite {seen[where]}; choose another path")
-        seen[where] = "another output of this step"

@@ -24,13 +24,13 @@ from __future__ import annotations
 import logging
 import math
 import shutil
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import polars as pl
 
 from datakit.errors import DatakitError
+from datakit.io import scratch
 from datakit.pipeline import BATCH_SIZE, Batch, Report, Sink, Source, Step, Tables, read_batches, write_part
 from datakit.record import from_frame, to_frame
 
@@ -106,10 +106,10 @@ class RayExecutor:
 
         if self.workdir:
             Path(self.workdir).mkdir(parents=True, exist_ok=True)
-        shared = Path(tempfile.mkdtemp(prefix=f"datakit-{step.name}-", dir=self.workdir))
+        shared = scratch(self.workdir, f"{step.name}-ray-", folder=True)
         actors: list[Any] = []
         try:
-            shards = self._ingest(source, from_format, read_options, shared / "input")
+            shards = self._ingest(source, from_format, read_options, shared / "input", report.rows_not_records)
             cpus = max(1, math.floor(ray.cluster_resources().get("CPU", 1)))
             worker = _worker_class(ray)
             actors = [worker.remote(type(step), step.config, step.paths) for _ in range(min(cpus, len(shards)))]
@@ -131,14 +131,17 @@ class RayExecutor:
                 report.read += count
                 report.add(processed)
                 sink.write(processed)
+        except ray.exceptions.RayTaskError as exc:  # a worker's error: the user's, or a bug, as if local
+            cause = getattr(exc, "cause", None)
+            raise (cause if isinstance(cause, DatakitError) else exc) from None
         finally:
             for actor in actors:
                 ray.kill(actor)
             shutil.rmtree(shared, ignore_errors=True)
 
-    def _ingest(self, source: Source, from_format, read_options, folder: Path) -> list[tuple[str, int]]:
+    def _ingest(self, source: Source, from_format, read_options, folder: Path, not_records) -> list[tuple[str, int]]:
         shards = []
-        _, batches = read_batches(source, from_format, read_options, self.batch_size)
+        _, batches = read_batches(source, from_format, read_options, self.batch_size, not_records)
         for batch in batches:
             path = folder / f"{batch.start:012d}.parquet"
             write_part(to_frame(batch.records), path)

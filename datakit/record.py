@@ -83,7 +83,10 @@ def tool_call(name: str, arguments: str, id: str | None = None) -> dict[str, Any
 
 def content_id(system: str | None, messages: list[dict], tools: list | None) -> str:
     """A stable id from the conversation's content (the same content gives the same id)."""
-    payload = orjson.dumps([system, messages, tools])
+    try:
+        payload = orjson.dumps([system, messages, tools])
+    except orjson.JSONEncodeError as exc:  # nested deeper than JSON writers go, or not JSON at all
+        raise RecordError(f"the conversation cannot be written as JSON ({exc})") from None
     return xxhash.xxh3_128_hexdigest(payload)
 
 

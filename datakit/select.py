@@ -40,7 +40,7 @@ class SelectConfig(StepConfig):
                              open_range=True, required=True)  # fmt: skip
     method: str = option("kcenter", "kcenter, deita (score first), cluster (stratified) or random.", choices=METHODS)
     score: str | None = option(None, "meta key to rank by (deita needs one; cluster uses it).")
-    seed: int = option(0, "Seed of the first centre, the k-means and the random sample.")
+    seed: int = option(0, "Seed of the first centre, the k-means and the random sample.", low=0, high=2**32 - 1)
     on: str = option("all", "Which turns make the text embedded.", choices=ON_CHOICES)
     model: str | None = option(None, "Embedding model name or path (default: embedded all-MiniLM-L6-v2).")
     threshold: float = option(DEITA_THRESHOLD, "deita: cosine limit between chosen records.", low=0, high=1)
@@ -307,6 +307,7 @@ def draw(vectors: np.ndarray, chosen: np.ndarray, path: str | Path, title: str) 
     centred = vectors - vectors.mean(axis=0)
     _, _, components = np.linalg.svd(centred[:: max(1, len(centred) // 20_000)], full_matrices=False)
     points = centred @ components[:2].T
+    points = np.pad(points, ((0, 0), (0, 2 - points.shape[1])))  # one or two records have fewer components
     figure, axes = plt.subplots(figsize=(7, 6), dpi=110)
     axes.scatter(points[:, 0], points[:, 1], s=4, c="#c8c8c8", label="all records", linewidths=0)
     axes.scatter(points[chosen, 0], points[chosen, 1], s=10, c="#d62728", label="chosen", linewidths=0)

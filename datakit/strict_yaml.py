@@ -7,6 +7,7 @@ name silently loses one, and a repeated training setting silently wins. Here it 
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import yaml
@@ -42,3 +43,22 @@ StrictSafeLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG,
 def load(text: str) -> Any:
     """``yaml.safe_load(text)``, with repeated keys refused (raises ``yaml.YAMLError``)."""
     return yaml.load(text, Loader=StrictSafeLoader)  # noqa: S506 - a SafeLoader subclass
+
+
+def load_file(path: str | Path) -> Any:
+    """Read and parse a YAML file; any problem is a ValueError of one line (where and why)."""
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        raise ValueError(f"not UTF-8 text ({exc.reason} at byte {exc.start})") from None
+    try:
+        return load(text)
+    except RecursionError:
+        raise ValueError("not valid YAML: nested too deeply") from None
+    except yaml.MarkedYAMLError as exc:
+        mark = exc.problem_mark or exc.context_mark
+        where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark else ""
+        problem = " ".join(str(exc.problem or exc.context or "a syntax error").split())
+        raise ValueError(f"not valid YAML: {problem}{where}") from None
+    except yaml.YAMLError as exc:
+        raise ValueError(f"not valid YAML: {' '.join(str(exc).split())[:300]}") from None

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import click
 
+from datakit.commands import Commands
 from datakit.errors import DatakitError
 
 
-@click.group()
+@click.group(cls=Commands)
 def main() -> None:
     """Measure what each data recipe does to a model."""
 
@@ -29,10 +30,7 @@ def run_command(recipe, out, dry_run, profile, executor, address) -> None:
     """Build, train and score every arm of RECIPE, then write results.md in the run folder."""
     from evals.run import run
 
-    try:
-        run(recipe, out=out, profile=profile, dry_run=dry_run, executor=executor, address=address)
-    except DatakitError as exc:  # the one error root: bad recipe, data, settings, model or scores
-        raise click.ClickException(str(exc)) from None
+    run(recipe, out=out, profile=profile, dry_run=dry_run, executor=executor, address=address)
 
 
 @main.command("report")

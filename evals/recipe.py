@@ -20,14 +20,13 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from datakit import pipeline, strict_yaml
-from datakit.errors import DatakitError, OptionError
+from datakit.errors import DatakitError, OptionError, shown
 from evals.stats import MIN_SEEDS
 from evals.tasks import HELDOUT, TaskError, check_name
 from train import ConfigError, TrainConfig
@@ -151,9 +150,19 @@ def _train_values(values: dict[str, Any], where: str) -> dict[str, Any]:
         out[name] = value
     try:  # let the trainer's own checks name a bad value now, before any work
         TrainConfig.from_dict(out, where)
-    except ConfigError as exc:
-        raise RecipeError(str(exc)) from None
+    except ConfigError as exc:  # named by its place in the recipe, whichever check found it
+        message = str(exc)
+        raise RecipeError(message if message.startswith(where) else f"{where}.{message}") from None
     return out
+
+
+def _whole_number(value: Any, where: str, low: int = 1, allow_none: bool = True) -> int | None:
+    """A setting that must be an integer >= low (or left out, when allow_none)."""
+    if value is None and allow_none:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or value < low:
+        raise RecipeError(f"{where}: expected an integer of at least {low}, got {shown(value)}")
+    return value
 
 
 def check_step(name: str, options: dict[str, Any], where: str) -> None:
@@ -171,9 +180,9 @@ def load(path: str | Path, profile: str | None = None) -> Recipe:
     if not path.is_file():
         raise RecipeError(f"{path}: no such recipe file")
     try:
-        raw = strict_yaml.load(path.read_text(encoding="utf-8"))
-    except yaml.YAMLError as exc:
-        raise RecipeError(f"{path}: not valid YAML: {exc}") from None
+        raw = strict_yaml.load_file(path)
+    except ValueError as exc:
+        raise RecipeError(f"{path}: {exc}") from None
     raw = _mapping(raw, str(path))
     if isinstance(raw.get("eval"), dict) and isinstance(raw.get("arms"), dict) and raw["eval"].get("null_arm"):
         raw = _with_null_arm(raw, str(path))
@@ -191,12 +200,17 @@ def load(path: str | Path, profile: str | None = None) -> Recipe:
     where = str(path)
     for key in ("name", "arms", "baseline"):
         if key not in raw:
-            raise RecipeError(f"{where}: missing key {key!r}")
+            raise RecipeError(f"{where}: missing key {shown(key)}")
     seeds = raw.get("seeds", [0])
     if not isinstance(seeds, list) or not seeds or not all(isinstance(s, int) for s in seeds):
-        raise RecipeError(f"{where}: seeds: expected a list of integers, got {seeds!r}")
+        raise RecipeError(f"{where}: seeds: expected a list of integers, got {shown(seeds)}")
+    if any(not 0 <= s < 2**32 for s in seeds):
+        raise RecipeError(f"{where}: seeds: {shown(seeds)}: seeds are integers from 0 to 2**32 - 1")
+    for key in ("name", "model", "template"):
+        if key in raw and (not isinstance(raw[key], str) or not raw[key].strip()):
+            raise RecipeError(f"{where}: {key}: expected a non-empty text, got {shown(raw[key])}")
     if len(set(seeds)) != len(seeds):  # a repeated seed is the same run twice: it would fake agreement
-        raise RecipeError(f"{where}: seeds: {seeds!r} repeats a seed; each seed must be different")
+        raise RecipeError(f"{where}: seeds: {shown(seeds)} repeats a seed; each seed must be different")
     train = _train_values(raw.get("train") or {}, f"{where}: train")
     ev = _mapping(raw.get("eval") or {}, f"{where}: eval")
     _unknown(ev, EVAL_KEYS, f"{where}: eval")
@@ -210,20 +224,26 @@ def load(path: str | Path, profile: str | None = None) -> Recipe:
             raise RecipeError(f"{where}: eval.tasks[{i}]: {exc}") from None
     min_seeds = ev.get("min_seeds", MIN_SEEDS)
     if isinstance(min_seeds, bool) or not isinstance(min_seeds, int) or min_seeds < 2:
-        raise RecipeError(f"{where}: eval.min_seeds: expected an integer of at least 2, got {min_seeds!r}")
+        raise RecipeError(f"{where}: eval.min_seeds: expected an integer of at least 2, got {shown(min_seeds)}")
     if not isinstance(ev.get("null_arm", False), bool):
-        raise RecipeError(f"{where}: eval.null_arm: expected true or false, got {ev['null_arm']!r}")
+        raise RecipeError(f"{where}: eval.null_arm: expected true or false, got {shown(ev['null_arm'])}")
     effects = {str(t): DEFAULT_EFFECTS.get(str(t), DEFAULT_EFFECT) for t in tasks}
     for task, value in _mapping(ev.get("effects") or {}, f"{where}: eval.effects").items():
         if task not in effects:
             raise RecipeError(f"{where}: eval.effects.{task}: not one of the recipe's tasks ({', '.join(effects)})")
         if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0:
-            raise RecipeError(f"{where}: eval.effects.{task}: expected a positive number, got {value!r}")
+            raise RecipeError(f"{where}: eval.effects.{task}: expected a positive number, got {shown(value)}")
         effects[task] = float(value)
+    _whole_number(ev.get("limit"), f"{where}: eval.limit")
+    _whole_number(ev.get("batch_size", 16), f"{where}: eval.batch_size", allow_none=False)
+    _whole_number(ev.get("max_gen_toks"), f"{where}: eval.max_gen_toks")
+    for task, shots in _mapping(ev.get("num_fewshot") or {}, f"{where}: eval.num_fewshot").items():
+        _whole_number(shots, f"{where}: eval.num_fewshot.{task}", low=0, allow_none=False)
     if ev.get("chat", "auto") not in ("auto", "always", "never"):
         raise RecipeError(f"{where}: eval.chat: expected auto, always or never")
     heldout = _mapping(ev.get("heldout") or {}, f"{where}: eval.heldout")
     _unknown(heldout, HELDOUT_KEYS, f"{where}: eval.heldout")
+    _whole_number(heldout.get("limit"), f"{where}: eval.heldout.limit")
     heldout_source = Source(path.parent / heldout["path"] if "path" in heldout else DEFAULT_HELDOUT)
     if not heldout_source.path.is_file():
         raise RecipeError(f"{where}: eval.heldout.path: {heldout_source.path} does not exist")
@@ -234,7 +254,7 @@ def load(path: str | Path, profile: str | None = None) -> Recipe:
     if not arms:
         raise RecipeError(f"{where}: arms: no arm")
     if raw["baseline"] not in arms:
-        raise RecipeError(f"{where}: baseline: {raw['baseline']!r} is not an arm; arms: {', '.join(arms)}")
+        raise RecipeError(f"{where}: baseline: {shown(raw['baseline'])} is not an arm; arms: {', '.join(arms)}")
     return Recipe(
         name=str(raw["name"]), path=path, model=str(raw.get("model", "smollm2-135m")),
         template=str(raw.get("template", "tokenizer")), seeds=seeds, train=train, tasks=[str(t) for t in tasks],
@@ -254,7 +274,9 @@ def _with_null_arm(raw: dict[str, Any], where: str) -> dict[str, Any]:
         raise RecipeError(f"{where}: arms.{NULL_ARM}: eval.null_arm adds an arm of that name; rename yours")
     spec = copy.deepcopy(raw["arms"][baseline] or {})
     if spec.get("train", True) is False:
-        raise RecipeError(f"{where}: eval.null_arm: the baseline {baseline!r} is not trained, so it has no data order")
+        raise RecipeError(
+            f"{where}: eval.null_arm: the baseline {shown(baseline)} is not trained, so it has no data order"
+        )
     spec["steps"] = [*(spec.get("steps") or []), {"shuffle": {"seed": 1}}]
     return {**raw, "arms": {**raw["arms"], NULL_ARM: spec}}
 
@@ -272,7 +294,9 @@ def _arm(name: str, spec: Any, where: str, root: Path, train: dict[str, Any]) ->
             from train import TEMPLATES
 
             if spec[key] not in TEMPLATES:
-                raise RecipeError(f"{where}.{key}: {spec[key]!r} is not a template; templates: {', '.join(TEMPLATES)}")
+                raise RecipeError(
+                    f"{where}.{key}: {shown(spec[key])} is not a template; templates: {', '.join(TEMPLATES)}"
+                )
     sources = spec.get("data") or []
     if arm.train and not sources:
         raise RecipeError(f"{where}.data: a trained arm needs data (or set train: false)")
@@ -287,8 +311,8 @@ def _arm(name: str, spec: Any, where: str, root: Path, train: dict[str, Any]) ->
         if not file.is_file():
             raise RecipeError(f"{where}.data[{i}].path: {file} does not exist")
         weight = source.get("weight", 1.0)
-        if not isinstance(weight, (int, float)) or weight <= 0:
-            raise RecipeError(f"{where}.data[{i}].weight: expected a positive number, got {weight!r}")
+        if isinstance(weight, bool) or not isinstance(weight, (int, float)) or not 0 < weight < math.inf:
+            raise RecipeError(f"{where}.data[{i}].weight: expected a positive number, got {shown(weight)}")
         arm.sources.append(Source(file, float(weight), source.get("format")))
     for i, step in enumerate(spec.get("steps") or []):
         if not isinstance(step, dict) or len(step) != 1:

@@ -101,3 +101,43 @@ def test_to_canonical_parquet_has_the_fixed_schema(tmp: Path) -> None:
     frame = pl.read_parquet(out)
     assert frame.schema == CANONICAL_SCHEMA
     assert frame.height == len(json.loads(glaive.read_text()))
+
+
+def test_outputs_follow_the_umask_and_parquet_is_not_bigger_than_jsonl(tmp: Path) -> None:
+    """A new output gets the mode any other program's new file would (0644 under umask 022),
+    and Parquet, a compressed columnar format, takes no more room than the same rows as JSONL."""
+    sizes = {}
+    for suffix in ("jsonl", "parquet"):
+        out = tmp / f"sample.{suffix}"
+        result = subprocess.run(
+            ["sh", "-c", f'umask 022 && exec "{sys.executable}" -m datakit.cli convert {SAMPLE} {out} --to sharegpt'],
+            capture_output=True,
+        )
+        assert result.returncode == 0, result.stderr
+        assert out.stat().st_mode & 0o777 == 0o644
+        sizes[suffix] = out.stat().st_size
+    assert sizes["parquet"] <= sizes["jsonl"]
+
+
+def test_a_bug_is_one_line_that_says_so_with_the_traceback_in_a_log(tmp: Path, monkeypatch) -> None:
+    """An internal error (here a reader that breaks, a fault that cannot be produced for real
+    without a bug) is one line naming it as a bug in datakit and the log file with the traceback."""
+    import importlib
+
+    from click.testing import CliRunner
+
+    from datakit.cli import main
+
+    convert_module = importlib.import_module("datakit.convert")  # (datakit.convert is also the function)
+
+    def broken(*args, **kwargs):
+        raise ZeroDivisionError("division by zero")
+
+    monkeypatch.setattr(convert_module, "open_records", broken)
+    monkeypatch.setenv("DATAKIT_LOG_DIR", str(tmp / "logs"))
+    result = CliRunner().invoke(main, ["convert", str(SAMPLE), str(tmp / "out.jsonl"), "--to", "sharegpt"])
+    assert result.exit_code == 70  # EX_SOFTWARE: not the user's doing
+    line = result.output.strip()
+    assert "\n" not in line and "bug in datakit" in line and "ZeroDivisionError" in line
+    log = next((tmp / "logs").glob("bug-*.log"))
+    assert str(log) in line and "Traceback" in log.read_text() and "Traceback" not in result.output

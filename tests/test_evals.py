@@ -115,6 +115,11 @@ def test_tiny_recipe_end_to_end_then_from_cache(tmp_path: Path) -> None:
         ({"eval": {"tasks": ["heldout_loss"], "min_seeds": 1}}, "eval.min_seeds"),
         ({"eval": {"tasks": ["heldout_loss"], "null_arm": True}}, "eval.null_arm"),  # the baseline is untrained
         ({"eval": {"tasks": ["heldout_loss"], "effects": {"arc_easy": 0.1}}}, "eval.effects.arc_easy"),
+        ({"eval": {"tasks": ["heldout_loss"], "limit": 0}}, "eval.limit"),
+        ({"eval": {"tasks": ["heldout_loss"], "batch_size": -1}}, "eval.batch_size"),
+        ({"seeds": [-1]}, "seeds"),
+        ({"model": ""}, "model"),
+        ({"train": {"lr": -1}}, "train.lr"),
         ({"arms": {"all": {"data": [{"path": "sample.jsonl"}], "steps": [{"corrupt": {"shuffle_words": 2}}]}}},
          "arms.all.steps[0].corrupt"),
     ],
@@ -312,3 +317,37 @@ def test_an_arm_with_a_synth_step_runs_end_to_end(tmp_path: Path, monkeypatch) -
     (synth,) = [r for r in reports if r.get("step") == "synth"]
     assert synth["read"] == 12 == synth["written"] + sum(synth["removed"].values())
     assert synth["figures"]["requests answered"] == 12 and synth["written"] > 0
+
+
+def test_a_killed_run_resumes_training_and_reports_what_an_uninterrupted_run_does(tmp_path: Path) -> None:
+    """SIGKILL during training, after a checkpoint: the rerun continues from the checkpoint
+    (it does not train from step 0 again) and its results are those of a run never killed."""
+    import os
+    import signal
+    import time
+
+    train = {"max_steps": 4, "save_every": 2, "batch_size": 2, "max_length": 96, "lr": 1.0e-3, "dtype": "fp32"}
+    recipe = tiny_recipe(tmp_path, train=train, eval={"tasks": ["heldout_loss"], "limit": 6, "batch_size": 8})
+    whole = evals_cli("run", str(recipe), "--out", str(tmp_path / "whole"))
+    assert whole.returncode == 0, whole.stderr[-3000:]
+
+    run_dir = tmp_path / "killed"
+    args = [sys.executable, "-m", "evals.cli", "run", str(recipe), "--out", str(run_dir)]
+    proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    deadline = time.monotonic() + 300
+    while not list(run_dir.glob("cache/train/*/checkpoints/step-*")) and time.monotonic() < deadline:
+        assert proc.poll() is None, "the run ended before it could be killed"
+        time.sleep(0.1)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert not (run_dir / "results.json").exists()
+
+    again = evals_cli("run", str(recipe), "--out", str(run_dir))
+    assert again.returncode == 0, again.stderr[-3000:]
+    trained = json.loads(next(run_dir.glob("cache/train/*/train_result.json")).read_text())
+    assert trained["resumed_from"] in (2, 4)  # from a checkpoint, not from step 0
+    resumed, reference = (json.loads((d / "results.json").read_text())["arms"] for d in (run_dir, tmp_path / "whole"))
+    for arm in reference:
+        assert resumed[arm]["heldout_loss"]["estimate"]["mean"] == pytest.approx(
+            reference[arm]["heldout_loss"]["estimate"]["mean"], rel=1e-5
+        )

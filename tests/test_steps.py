@@ -17,6 +17,7 @@ from conftest import fixture_path
 import datakit
 from datakit import pipeline
 from datakit.errors import DatakitError, OptionError, StepError
+from datakit.io import OverwriteError
 from datakit.options import flag_name
 
 ALPACA = fixture_path("llama-factory/alpaca_en_demo.json")
@@ -101,11 +102,11 @@ def test_no_output_may_replace_the_input_or_another_output(tmp_path: Path) -> No
     source = tmp_path / "in.json"
     source.write_text(ALPACA.read_text())
     before = source.read_bytes()
-    with pytest.raises(StepError, match="would overwrite the input"):
+    with pytest.raises(OverwriteError, match="would overwrite the input"):
         datakit.run("filter", source, source)
-    with pytest.raises(StepError, match="would overwrite the input"):
+    with pytest.raises(OverwriteError, match="would overwrite the input"):
         datakit.run("dedupe", source, tmp_path / "out.json", side_paths={"clusters": source})
-    with pytest.raises(StepError, match="would overwrite another output"):
+    with pytest.raises(OverwriteError, match="would overwrite another output"):
         datakit.run("filter", source, tmp_path / "out.json", side_paths={"rejects": tmp_path / "out.json"})
     assert source.read_bytes() == before
 
@@ -131,3 +132,16 @@ def test_the_report_accounts_for_every_record_or_says_it_is_a_bug() -> None:
     assert "records: read 10 = written 7 + removed 3" in report.text() and report.to_dict()["removed"] == {
         "duplicate": 3
     }
+
+
+@pytest.mark.parametrize("step", ["filter", "dedupe"])
+def test_rows_a_reader_leaves_out_are_counted_in_a_steps_report(step: str, tmp_path: Path) -> None:
+    """P3 score_eval rows with a wrong answer are skipped by the reader: a step's report counts
+    them, with convert's reason, so the input's rows all add up there as they do in convert."""
+    p3 = fixture_path("p3/hellaswag_complete_first_then_score_eval/train/dataset.arrow")
+    converted = datakit.convert(p3, tmp_path / "p3.jsonl", to="sharegpt")
+    report = datakit.run(step, p3, tmp_path / "out.jsonl").report
+    assert converted.rows_skipped > 0
+    assert report.read == converted.rows_converted
+    assert sum(report.rows_not_records.values()) == converted.rows_skipped
+    assert f"input rows that are not records: {converted.rows_skipped}" in report.text()

@@ -9,12 +9,13 @@ from __future__ import annotations
 
 import json
 import shutil
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import torch
 from safetensors.torch import load_file, save_file
+
+from datakit.io import scratch
 
 
 def latest(folder: Path) -> Path | None:
@@ -25,7 +26,7 @@ def latest(folder: Path) -> Path | None:
 def save(folder: Path, step: int, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
          state: dict[str, Any]) -> Path:  # fmt: skip
     folder.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".step-{step}.", dir=folder))
+    staging = scratch(folder, f".step-{step}.", folder=True)  # (also removes what a killed run left)
     trainable = {n: p.detach().contiguous() for n, p in model.named_parameters() if p.requires_grad}
     save_file(trainable, staging / "trainable.safetensors")
     opt = optimizer.state_dict()

@@ -9,14 +9,13 @@ benchmarks/train_speed.py on a 2-core machine: see the README.
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from datakit import strict_yaml
-from datakit.errors import DatakitError
+from datakit.errors import DatakitError, shown
 from train.templates import TEMPLATES
 
 
@@ -30,13 +29,20 @@ def _coerce(value: Any, type_name: str, where: str) -> Any:
         return value
     try:
         if type_name.startswith("float"):
-            return float(value)
+            number = float(value)
+            if not math.isfinite(number):
+                raise ValueError
+            return number
         if type_name.startswith("int"):
             if isinstance(value, float) and not value.is_integer():
                 raise ValueError
-            return int(value)
-    except (TypeError, ValueError):
-        raise ConfigError(f"{where}: {value!r} is not a {type_name.split(' ')[0]}") from None
+            number = int(value)
+            if not 0 <= number < 2**32 if where.endswith("seed") else abs(number) >= 2**63:
+                raise ValueError
+            return number
+    except (TypeError, ValueError, OverflowError):
+        kind = "finite float" if type_name.startswith("float") else "whole number in range"
+        raise ConfigError(f"{where}: {shown(value)} is not a {kind}") from None
     return value
 
 
@@ -111,9 +117,9 @@ class TrainConfig:
     @classmethod
     def from_yaml(cls, path: str | Path, **overrides: Any) -> TrainConfig:
         try:
-            values = strict_yaml.load(Path(path).read_text()) or {}
-        except yaml.YAMLError as exc:
-            raise ConfigError(f"{path}: not valid YAML: {exc}") from None
+            values = strict_yaml.load_file(path) or {}
+        except ValueError as exc:
+            raise ConfigError(f"{path}: {exc}") from None
         if not isinstance(values, dict):
             raise ConfigError(f"{path}: expected a mapping of settings")
         values.update({k: v for k, v in overrides.items() if v is not None})

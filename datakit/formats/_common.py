@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
@@ -9,6 +10,7 @@ from typing import Any
 
 import orjson
 
+from datakit.errors import shown
 from datakit.io import SourceRow
 from datakit.record import RecordError, new_record, validate
 
@@ -80,6 +82,7 @@ def read_each(
             records = read_row(row.data)
             for record in records:
                 validate(record)
+                check_record_nesting(record)
         except RecordError as exc:
             yield Rejected(row, str(exc))
             continue
@@ -106,6 +109,62 @@ def field_text(row: dict[str, Any], key: str, *, required: bool = False) -> str 
     if not isinstance(value, str):
         raise RecordError(f"field {key!r} must be a string, got {type(value).__name__}")
     return value
+
+
+# orjson, which writes every JSON output, stops at 255 levels of nesting; a record keeps free-form
+# values (unknown fields, tools, preference pairs) a few levels down, so deeper ones are refused
+# when read, with the field's name, rather than failing when written.
+MAX_NESTING = 200
+
+
+def json_depth(value: Any) -> int:
+    """Levels of lists and objects in ``value`` (0 for a scalar), without recursion."""
+    deepest = 0
+    stack = [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        if isinstance(item, dict):
+            children = item.values()
+        elif isinstance(item, list):
+            children = item
+        else:
+            continue
+        deepest = max(deepest, depth)
+        stack.extend((child, depth + 1) for child in children)
+    return deepest
+
+
+def check_nesting(value: Any, what: str) -> None:
+    if isinstance(value, (dict, list)) and json_depth(value) > MAX_NESTING:
+        raise RecordError(f"{what} is nested more than {MAX_NESTING} levels deep, more than datakit can write")
+
+
+def check_record_nesting(record: dict[str, Any]) -> None:
+    """The free-form parts of a record (tools, and whatever a reader kept in meta) can be written."""
+    check_nesting(record.get("tools"), "field 'tools'")
+    for key, value in record["meta"].items():
+        if key == "extra" and isinstance(value, dict):
+            for name, item in value.items():
+                check_nesting(item, f"field {shown(name)}")
+        else:
+            check_nesting(value, f"field {shown(key)}")
+
+
+def optional_text(value: Any, what: str) -> str | None:
+    """A string or None; anything else is an error naming ``what``."""
+    if value is not None and not isinstance(value, str):
+        raise RecordError(f"{what} must be a string, got {type(value).__name__}")
+    return value
+
+
+def dump_json(value: Any, what: str) -> str:
+    """``value`` as JSON text (non-ASCII kept); a value nested too deeply to write is an error."""
+    try:
+        return json.dumps(value, ensure_ascii=False)
+    except RecursionError:
+        raise RecordError(f"{what}: nested too deeply to write as JSON") from None
+    except (TypeError, ValueError) as exc:
+        raise RecordError(f"{what}: cannot be written as JSON ({exc})") from None
 
 
 def nested(value: Any, key: str, expect: type) -> Any:

@@ -133,7 +133,7 @@ def write(record: dict[str, Any], options: WriteOptions) -> dict[str, Any]:
 def _split_prompt(prompt: str, meta: dict[str, Any], separator: str) -> tuple[str, str]:
     """Undo the instruction+input join when the reader recorded the input."""
     query = meta.get("alpaca_input")
-    if query and prompt.endswith(query):
+    if query and isinstance(query, str) and prompt.endswith(query):
         head = prompt[: len(prompt) - len(query)]
         if head.endswith(separator):
             return head[: len(head) - len(separator)], query

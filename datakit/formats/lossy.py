@@ -24,11 +24,13 @@ import json
 from collections import Counter
 from typing import Any
 
+from datakit.formats._common import dump_json
 from datakit.record import RecordError, message
 
 
 def _mark(record: dict[str, Any], rule: str, notes: Counter) -> None:
-    record["meta"].setdefault("lossy", []).append(rule)
+    done = record["meta"].get("lossy")
+    record["meta"]["lossy"] = [*(done if isinstance(done, list) else []), rule]
     notes[f"lossy rule applied: {rule}"] += 1
 
 
@@ -149,11 +151,11 @@ def flatten_history(record: dict[str, Any], notes: Counter) -> dict[str, Any]:
 
 def _call_text(call: dict[str, Any]) -> str:
     payload = {"name": call["name"], "arguments": _loads(call["arguments"])}
-    return f"<tool_call>{json.dumps(payload, ensure_ascii=False)}</tool_call>"
+    return f"<tool_call>{dump_json(payload, 'tool call arguments')}</tool_call>"
 
 
 def _loads(arguments: str | None) -> Any:
     try:
         return json.loads(arguments) if arguments else {}
-    except json.JSONDecodeError:
+    except (json.JSONDecodeError, RecursionError):  # not JSON, or too deep to parse: the text as given
         return arguments

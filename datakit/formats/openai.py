@@ -10,7 +10,6 @@ audio) is a reason to reject, since the canonical record holds text only. The fi
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterable, Iterator
 from typing import Any
 
@@ -21,9 +20,12 @@ from datakit.formats._common import (
     ReadOptions,
     WriteOptions,
     drop_none,
+    dump_json,
     finish_record,
     nested,
+    optional_text,
     read_each,
+    shown,
 )
 from datakit.io import SourceRow
 from datakit.record import RecordError, message, tool_call
@@ -63,7 +65,7 @@ def matches(row: dict[str, Any]) -> bool:
     turns = row.get("messages")
     if not (isinstance(turns, list) and turns and all(isinstance(t, dict) for t in turns)):
         return False
-    return all("role" in t and t["role"] in ROLE_OF for t in turns)
+    return all(isinstance(t.get("role"), str) and t["role"] in ROLE_OF for t in turns)
 
 
 def read(rows: Iterable[SourceRow], options: ReadOptions) -> Iterator[Outcome]:
@@ -80,19 +82,25 @@ def read_row(row: dict[str, Any]) -> list[dict[str, Any]]:
     for i, turn in enumerate(turns):
         if not isinstance(turn, dict):
             raise RecordError(f"message {i}: expected an object, got {type(turn).__name__}")
-        role = ROLE_OF.get(turn.get("role"))
+        raw_role = turn.get("role")
+        if raw_role is not None and not isinstance(raw_role, str):
+            raise RecordError(f"message {i}: 'role' must be a string, got {type(raw_role).__name__}")
+        role = ROLE_OF.get(raw_role)
         if role is None:
-            raise RecordError(f"message {i}: unknown role {turn.get('role')!r}")
+            raise RecordError(f"message {i}: unknown role {shown(raw_role)}")
         content = _text(turn.get("content"), i)
         if role == "system" and i == 0:
             system = content
             continue
         if "weight" in turn:
             weights[str(len(messages))] = turn["weight"]
-        calls = [_read_call(c, i) for c in turn.get("tool_calls") or []] or None
-        messages.append(
-            message(role, content, name=turn.get("name"), tool_calls=calls, tool_call_id=turn.get("tool_call_id"))
-        )
+        raw_calls = turn.get("tool_calls") or []
+        if not isinstance(raw_calls, list):
+            raise RecordError(f"message {i}: 'tool_calls' must be a list, got {type(raw_calls).__name__}")
+        calls = [_read_call(c, i) for c in raw_calls] or None
+        name = optional_text(turn.get("name"), f"message {i}: 'name'")
+        call_id = optional_text(turn.get("tool_call_id"), f"message {i}: 'tool_call_id'")
+        messages.append(message(role, content, name=name, tool_calls=calls, tool_call_id=call_id))
     meta: dict[str, Any] = {}
     if weights:
         meta["weights"] = weights
@@ -107,7 +115,9 @@ def _text(content: Any, i: int) -> str | None:
         for n, part in enumerate(content):
             kind = part.get("type") if isinstance(part, dict) else type(part).__name__
             if kind != "text":
-                raise RecordError(f"message {i}: content part {n} is {kind!r}; the canonical record holds text only")
+                raise RecordError(
+                    f"message {i}: content part {n} is {shown(kind)}; the canonical record holds text only"
+                )
             text = part.get("text", part.get("value"))  # LLaMA-Factory's v1 blocks call it "value"
             if not isinstance(text, str):
                 raise RecordError(f"message {i}: content part {n} has no 'text' string")
@@ -122,8 +132,8 @@ def _read_call(call: Any, i: int) -> dict[str, Any]:
         raise RecordError(f"message {i}: tool call without function name")
     arguments = function.get("arguments", "{}")
     if not isinstance(arguments, str):
-        arguments = json.dumps(arguments, ensure_ascii=False)
-    return tool_call(function["name"], arguments, call.get("id"))
+        arguments = dump_json(arguments, f"message {i}: tool call arguments")
+    return tool_call(function["name"], arguments, optional_text(call.get("id"), f"message {i}: tool call 'id'"))
 
 
 def write(record: dict[str, Any], options: WriteOptions) -> dict[str, Any]:
@@ -131,7 +141,8 @@ def write(record: dict[str, Any], options: WriteOptions) -> dict[str, Any]:
     if record.get("system") is not None:
         turns.append({"role": "system", "content": record["system"]})
     pending_ids: list[str] = []  # ids of calls not yet answered, for tool turns that lack one
-    weights = record["meta"].get("weights") or {}
+    weights = record["meta"].get("weights")
+    weights = weights if isinstance(weights, dict) else {}
     for i, msg in enumerate(record["messages"]):
         turn: dict[str, Any] = {"role": msg["role"]}
         if msg["content"] is not None:

@@ -74,8 +74,20 @@ def read_row(row: dict[str, Any]) -> list[dict[str, Any]]:
     meta: dict[str, Any] = {"p3": {k: v for k, v in p3.items() if v}}
     for key in ("answer_choices", "idx", "weight", "is_correct"):
         if row.get(key) not in (None, ""):
-            meta[key] = nested(row[key], key, list) if key == "answer_choices" else row[key]
+            meta[key] = _choices(row[key]) if key == "answer_choices" else row[key]
     return [new_record([message("user", prompt), message("assistant", target)], meta=meta)]
+
+
+def _written_choices(value: Any) -> list[str] | None:
+    """The answer choices a record keeps, if they are a list of strings (what P3 holds)."""
+    return value if isinstance(value, list) and all(isinstance(c, str) for c in value) else None
+
+
+def _choices(value: Any) -> list[str] | None:
+    choices = nested(value, "answer_choices", list)
+    if choices is not None and not all(isinstance(c, str) for c in choices):
+        raise RecordError("field 'answer_choices' must be a list of strings")
+    return choices
 
 
 def _strip(text: str) -> tuple[str, str, str]:
@@ -97,7 +109,8 @@ def write(record: dict[str, Any], options: WriteOptions) -> dict[str, Any]:
     if len(record["messages"]) != 2:
         n = len(record["messages"])
         raise RecordError(f"P3 holds one prompt and one target, not {n} turns (--lossy flattens the history)")
-    p3 = record["meta"].get("p3") or {}
+    p3 = record["meta"].get("p3")
+    p3 = {k: v for k, v in p3.items() if isinstance(v, str)} if isinstance(p3, dict) else {}
     prompt = p3.get("input_prefix", "") + record["messages"][0]["content"] + p3.get("input_suffix", "")
     target = p3.get("target_prefix", "") + record["messages"][1]["content"] + p3.get("target_suffix", "")
     if p3.get("layout") == "xp3":
@@ -106,6 +119,6 @@ def write(record: dict[str, Any], options: WriteOptions) -> dict[str, Any]:
         {
             "inputs_pretokenized": prompt,
             "targets_pretokenized": target,
-            "answer_choices": record["meta"].get("answer_choices"),
+            "answer_choices": _written_choices(record["meta"].get("answer_choices")),
         }
     )

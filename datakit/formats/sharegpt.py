@@ -23,10 +23,12 @@ from datakit.formats._common import (
     ReadOptions,
     WriteOptions,
     drop_none,
+    dump_json,
     field_text,
     finish_record,
     nested,
     read_each,
+    shown,
 )
 from datakit.io import SourceRow
 from datakit.record import RecordError, check_alternation, message, tool_call
@@ -63,7 +65,7 @@ def matches(row: dict[str, Any]) -> bool:
     if isinstance(turns, list) and turns and isinstance(turns[0], dict):
         if "from" in turns[0]:
             return True
-        return any(isinstance(t, dict) and t.get("role") in SHAREGPT_ONLY_ROLES for t in turns)
+        return any(isinstance(t, dict) and _is_str(t.get("role")) in SHAREGPT_ONLY_ROLES for t in turns)
     return False
 
 
@@ -88,9 +90,11 @@ def read_row(row: dict[str, Any]) -> list[dict[str, Any]]:
         if not isinstance(turn, dict):
             raise RecordError(f"turn {i}: expected an object, got {type(turn).__name__}")
         raw_role = turn.get(role_key)
+        if raw_role is not None and not isinstance(raw_role, str):
+            raise RecordError(f"turn {i}: {role_key!r} must be a string, got {type(raw_role).__name__}")
         role = ROLE_OF.get(raw_role)
         if role is None:
-            raise RecordError(f"turn {i}: unknown role {raw_role!r}")
+            raise RecordError(f"turn {i}: unknown role {shown(raw_role)}")
         content = turn.get(content_key)
         if content is not None and not isinstance(content, str):
             raise RecordError(f"turn {i}: {content_key!r} must be a string, got {type(content).__name__}")
@@ -118,6 +122,8 @@ def _parse_calls(value: str | None, i: int) -> list[dict[str, Any]]:
         parsed = json.loads(value or "")
     except json.JSONDecodeError as exc:
         raise RecordError(f"turn {i}: function_call value is not JSON ({exc})") from None
+    except RecursionError:
+        raise RecordError(f"turn {i}: function_call value is nested too deeply") from None
     calls = parsed if isinstance(parsed, list) else [parsed]
     out = []
     for call in calls:
@@ -125,7 +131,7 @@ def _parse_calls(value: str | None, i: int) -> list[dict[str, Any]]:
             raise RecordError(f"turn {i}: function_call must be {{'name': ..., 'arguments': ...}}")
         arguments = call.get("arguments", {})
         if not isinstance(arguments, str):
-            arguments = json.dumps(arguments, ensure_ascii=False)
+            arguments = dump_json(arguments, f"turn {i}: function_call arguments")
         out.append(tool_call(call["name"], arguments))
     return out
 
@@ -142,7 +148,7 @@ def write(record: dict[str, Any], options: WriteOptions) -> dict[str, Any]:
             if msg["content"]:
                 raise RecordError(f"message {i}: ShareGPT's function_call turn cannot also hold text")
             calls = [{"name": c["name"], "arguments": _arguments(c["arguments"])} for c in msg["tool_calls"]]
-            value = json.dumps(calls[0] if len(calls) == 1 else calls, ensure_ascii=False)
+            value = dump_json(calls[0] if len(calls) == 1 else calls, f"message {i}: tool call arguments")
             turns.append({"from": "function_call", "value": value})
         else:
             turns.append({"from": SHAREGPT_ROLE[msg["role"]], "value": msg["content"]})
@@ -151,7 +157,7 @@ def write(record: dict[str, Any], options: WriteOptions) -> dict[str, Any]:
         "id": record["id"] if record["meta"].get("id_from") == "source" else None,
         "conversations": turns,
         "system": record.get("system"),
-        "tools": json.dumps(tools, ensure_ascii=False) if tools else None,
+        "tools": dump_json(tools, "tools") if tools else None,
     }
     return drop_none(row)
 
@@ -159,5 +165,10 @@ def write(record: dict[str, Any], options: WriteOptions) -> dict[str, Any]:
 def _arguments(arguments: str | None) -> Any:
     try:
         return json.loads(arguments) if arguments else {}
-    except json.JSONDecodeError:
-        return arguments  # not JSON: keep the text as given
+    except (json.JSONDecodeError, RecursionError):
+        return arguments  # not JSON (or nested too deeply to parse): keep the text as given
+
+
+def _is_str(value: Any) -> str | None:
+    """The value if it is a string (so it can be looked up in a set), else None."""
+    return value if isinstance(value, str) else None

@@ -24,7 +24,7 @@ class SynthConfig(StepConfig):
     max_requests: int | None = option(None, "Stop after sending this many requests.", low=0)
     budget_tokens: int | None = option(None, "Stop once this many tokens are used (cached included).", low=0)
     price_per_million: float | None = option(None, "Dollars per million tokens, for the cost estimate.", low=0)
-    seed: int = option(0, "Seed of every request (fixed by its place in the run).")
+    seed: int = option(0, "Seed of every request (fixed by its place in the run).", low=0, high=2**32 - 1)
     cache: str | None = option(None, "SQLite cache of requests and answers (default: $DATAKIT_CACHE_DIR/synth.sqlite).")
     max_tokens: int = option(256, "Most tokens per answer.", low=1)
     temperature: float = option(0.7, "Sampling temperature.", low=0, high=2)
