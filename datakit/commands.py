@@ -98,7 +98,8 @@ def message_for(exc: BaseException) -> tuple[str, int]:
     if isinstance(exc, MemoryError):
         return "out of memory (try a smaller batch or input)", EXIT_ERROR
     log = log_bug(exc)
-    return f"internal error, a bug in datakit ({type(exc).__name__}: {exc}); the traceback is in {log}", EXIT_BUG
+    what = " ".join(str(exc).split())[:200]  # (the whole message is in the log)
+    return f"internal error, a bug in datakit ({type(exc).__name__}: {what}); the traceback is in {log}", EXIT_BUG
 
 
 class Commands(click.Group):
@@ -119,7 +120,8 @@ class Commands(click.Group):
             raise
         except KeyboardInterrupt as exc:
             status = 128 + (signal.SIGTERM if isinstance(exc, Terminated) else signal.SIGINT)
-            click.echo("interrupted: unfinished outputs and temporary files were removed", err=True)
+            click.echo("interrupted: unfinished outputs and temporary files were removed "
+                       "(checkpoints and caches stay, for a rerun to resume)", err=True)  # fmt: skip
             ctx.exit(status)
         except Exception as exc:  # noqa: BLE001 - the one place every error ends
             line, status = message_for(exc)

@@ -355,7 +355,7 @@ class Dedupe(Step):
         if "embedder" not in self.resources:
             from datakit.embed import Embedder
 
-            self.resources["embedder"] = Embedder(self.config.model, progress=True)
+            self.resources["embedder"] = Embedder(self.config.model, progress=self.resources.get("progress", False))
         return self.resources["embedder"]
 
     def scan(self, batch: Batch) -> dict[str, pl.DataFrame]:

@@ -85,7 +85,12 @@ class Embedder:
     def model(self):
         if self._model is None:
             from sentence_transformers import SentenceTransformer
+            from transformers.utils import logging as transformers_logging
 
+            # (a weight-loading bar and config warnings for a 23 MB model are noise beside datakit's
+            # own "embedding N/M", and would make an error after them more than one line)
+            transformers_logging.disable_progress_bar()
+            transformers_logging.set_verbosity_error()
             self._model = SentenceTransformer(self.model_name, device="cpu" if not _has_cuda() else None)
         return self._model
 

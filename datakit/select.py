@@ -37,7 +37,7 @@ DEITA_THRESHOLD = 0.9
 @dataclass
 class SelectConfig(StepConfig):
     k: float | None = option(None, "How many records: a count, or a share of the input below 1.", low=0,
-                             open_range=True, required=True)  # fmt: skip
+                             high=1e12, open_range=True, required=True)  # fmt: skip
     method: str = option("kcenter", "kcenter, deita (score first), cluster (stratified) or random.", choices=METHODS)
     score: str | None = option(None, "meta key to rank by (deita needs one; cluster uses it).")
     seed: int = option(0, "Seed of the first centre, the k-means and the random sample.", low=0, high=2**32 - 1)
@@ -246,7 +246,7 @@ class Select(Step):
         if "embedder" not in self.resources:
             from datakit.embed import Embedder
 
-            self.resources["embedder"] = Embedder(self.config.model, progress=True)
+            self.resources["embedder"] = Embedder(self.config.model, progress=self.resources.get("progress", False))
         return self.resources["embedder"]
 
     def reduce(self, tables: Tables) -> None:

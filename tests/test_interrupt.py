@@ -25,6 +25,8 @@ from pathlib import Path
 import psutil
 import pytest
 
+pytestmark = pytest.mark.interrupt  # about 4 minutes: its own CI step (pytest -m interrupt)
+
 ROOT = Path(__file__).resolve().parents[1]
 ALPACA = ROOT / "tests" / "fixtures" / "formats" / "llama-factory" / "alpaca_en_demo.json"
 KILL_POINTS = {"convert (2 worker processes)": 4, "dedupe": 4, "filter": 4, "select": 3}
