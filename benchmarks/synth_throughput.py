@@ -1,16 +1,18 @@
 """synth throughput against a real server, and datakit's own overhead per request.
 
-Starts ``datakit serve``'s server in this process with the embedded SmolLM2-135M-Instruct
-(or use ``--base-url`` for any other OpenAI-compatible server, such as llama.cpp's), then:
+Starts a server for the embedded SmolLM2-135M-Instruct: ``datakit serve``'s own (``--engine
+transformers``, one request at a time, in this process) or vLLM's (``--engine vllm``, which
+batches concurrent requests); or use ``--base-url`` for any other OpenAI-compatible server. Then:
 
-1. sends the same judge-style requests through datakit's Client at concurrency 1, 2 and 4
-   (a fresh cache each time) and prints requests/s and completion tokens/s;
-2. sends them again straight through the ``openai`` client at concurrency 1, the anchor;
-3. replays them from the cache and times datakit's overhead per request (hashing the
+1. sends the same judge-style requests through datakit's Client at each concurrency (a fresh
+   cache each time), and straight through the ``openai`` client with a thread pool of the same
+   size, the anchor, side by side: requests/s and completion tokens/s;
+2. replays them from the cache and times datakit's overhead per request (hashing the
    request, reading SQLite, parsing the score), and times storing an answer.
 Target: datakit's overhead under 2 ms per request.
 
-    python benchmarks/synth_throughput.py [--requests 16] [--max-tokens 32] [--base-url URL --model NAME]
+    python benchmarks/synth_throughput.py [--engine vllm] [--concurrency 1,8,32] [--requests 64]
+        [--max-tokens 128] [--base-url URL --model NAME]
 """
 
 from __future__ import annotations
@@ -48,28 +50,26 @@ def main() -> None:
     parser.add_argument("--max-tokens", type=int, default=32)
     parser.add_argument("--base-url", default=None)
     parser.add_argument("--model", default="smollm2-135m")
+    parser.add_argument("--engine", choices=["transformers", "vllm"], default="transformers")
+    parser.add_argument("--concurrency", default="1,2,4", help="comma-separated (vllm: try 1,8,32)")
     args = parser.parse_args()
-    server = None
+    server = vllm = None
     base_url = args.base_url
-    if base_url is None:
+    if base_url is None and args.engine == "vllm":
+        from datakit.models import resolve_llm
+        from datakit.vllm import VllmServer
+
+        # no prefix caching: the anchor sends the same prompts again and must not find them cached
+        vllm = VllmServer(resolve_llm(args.model), args.model, extra_args=["--no-enable-prefix-caching"]).start()
+        base_url = vllm.url
+    elif base_url is None:
         from datakit.serve import ChatModel, start
 
         server, _ = start(ChatModel(args.model))
         base_url = server.url
     requests = requests_for(args.requests, args.max_tokens)
     work = Path(tempfile.mkdtemp(prefix="synth-bench-"))
-    print(f"{len(requests)} requests, max_tokens {args.max_tokens}, server {base_url}")
-    for concurrency in (1, 2, 4):
-        client = Client(
-            ClientSettings(base_url, args.model, concurrency=concurrency, cache=work / f"c{concurrency}.sqlite")
-        )
-        started = time.perf_counter()
-        answers = client.ask(requests)
-        seconds = time.perf_counter() - started
-        tokens = sum(a.completion_tokens for a in answers)
-        print(
-            f"datakit, concurrency {concurrency}: {len(requests) / seconds:6.2f} requests/s  {tokens / seconds:7.1f} tokens/s"
-        )
+    print(f"CPU: {cpu_name()}; {len(requests)} requests, max_tokens {args.max_tokens}, {args.engine} server {base_url}")
 
     from openai import OpenAI
 
@@ -81,13 +81,23 @@ def main() -> None:
             max_tokens=request.max_tokens, temperature=request.temperature, seed=request.seed)  # fmt: skip
         return response.usage.completion_tokens
 
-    started = time.perf_counter()
-    with ThreadPoolExecutor(1) as pool:
-        tokens = sum(pool.map(plain, requests))
-    seconds = time.perf_counter() - started
-    print(
-        f"openai client alone, concurrency 1: {len(requests) / seconds:6.2f} requests/s  {tokens / seconds:7.1f} tokens/s"
-    )
+    print("| concurrency | datakit requests/s | tokens/s | openai client alone requests/s | tokens/s | ratio |")
+    print("|---|---|---|---|---|---|")
+    for concurrency in (int(c) for c in args.concurrency.split(",")):
+        client = Client(
+            ClientSettings(base_url, args.model, concurrency=concurrency, cache=work / f"c{concurrency}.sqlite")
+        )
+        started = time.perf_counter()
+        answers = client.ask(requests)
+        seconds = time.perf_counter() - started
+        tokens = sum(a.completion_tokens for a in answers)
+        started = time.perf_counter()
+        with ThreadPoolExecutor(concurrency) as pool:
+            plain_tokens = sum(pool.map(plain, requests))
+        plain_seconds = time.perf_counter() - started
+        print(f"| {concurrency} | {len(requests) / seconds:.2f} | {tokens / seconds:.1f} | "
+              f"{len(requests) / plain_seconds:.2f} | {plain_tokens / plain_seconds:.1f} | {plain_seconds / seconds:.2f} |",
+              flush=True)  # fmt: skip
 
     client = Client(ClientSettings(base_url, args.model, cache=work / "c1.sqlite"))
     rounds = 20
@@ -105,6 +115,15 @@ def main() -> None:
           f"(target: under 2 ms)")  # fmt: skip
     if server is not None:
         server.shutdown()
+    if vllm is not None:
+        vllm.stop()
+
+
+def cpu_name() -> str:
+    for line in Path("/proc/cpuinfo").read_text().splitlines():
+        if line.startswith("model name"):
+            return line.split(":", 1)[1].strip()
+    return "unknown CPU"
 
 
 if __name__ == "__main__":

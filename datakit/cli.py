@@ -183,13 +183,41 @@ def train_command(config_file, data, full, qlora, no_checkpointing, quiet, **fla
 
 @main.command()
 @click.option("--model", default="smollm2-135m", show_default=True, help="Embedded name, Hugging Face id or folder.")
+@click.option(
+    "--engine",
+    type=click.Choice(["transformers", "vllm"]),
+    default="transformers",
+    show_default=True,
+    help="transformers: one request at a time, in this process. vllm: vLLM's server, batching concurrent "
+    "requests (its own environment is created on first use).",
+)
 @click.option("--host", default="127.0.0.1", show_default=True)
 @click.option("--port", type=int, default=8000, show_default=True)
+@click.option(
+    "--adapter", "adapters", multiple=True, metavar="NAME=DIR", help="vllm: serve a LoRA adapter as model NAME."
+)
+@click.option("--dtype", default="bfloat16", show_default=True, help="vllm: weight dtype (bfloat16, float32, auto).")
 @click.option("--faults", default="", help="Testing: faults for the first requests, e.g. 429,500,hang,truncated.")
 @click.option("--log", type=click.Path(), default=None, help="Testing: a JSONL line per request the model answered.")
 @click.option("--threads", type=int, default=None, help="torch threads.")
-def serve(model, host, port, faults, log, threads) -> None:
-    """Serve a chat model on an OpenAI-compatible HTTP API (for synth; testing and small jobs)."""
+def serve(model, engine, host, port, adapters, dtype, faults, log, threads) -> None:
+    """Serve a chat model on an OpenAI-compatible HTTP API (for synth and evals)."""
+    if engine == "vllm":
+        from datakit.errors import DatakitError
+        from datakit.models import resolve_llm
+        from datakit.vllm import VllmServer
+
+        if faults or log or threads:
+            raise DatakitError("--faults, --log and --threads belong to --engine transformers")
+        modules = dict(a.split("=", 1) for a in adapters if "=" in a)
+        if len(modules) != len(adapters):
+            raise DatakitError("--adapter: expected NAME=DIR")
+        server = VllmServer(resolve_llm(model), model, modules, dtype=dtype, host=host, port=port,
+                            log=lambda line: click.echo(line, err=True))  # fmt: skip
+        with server:
+            click.echo(f"serving {model} at {server.url} (vLLM; its log: {server.log_file})", err=True)
+            server.wait()
+        return
     from datakit.serve import ChatModel, ChatServer
 
     server = ChatServer((host, port), ChatModel(model, threads), faults=[f for f in faults.split(",") if f], log=log)

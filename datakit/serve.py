@@ -3,7 +3,8 @@
 It exists so that ``datakit synth`` can be tested, and tried, against a real model on any
 machine: the embedded SmolLM2-135M-Instruct by default. It serves ``GET /v1/models`` and
 ``POST /v1/chat/completions`` (``max_tokens``, ``temperature``, ``top_p``, ``seed``, ``stop``;
-``n`` is ignored, as llama.cpp's and vLLM's servers ignore it) and reports ``usage``.
+``n`` is ignored, as llama.cpp's and vLLM's servers ignore it) and reports ``usage``. It cannot
+constrain decoding, so a ``response_format`` other than text is refused (HTTP 400), not ignored.
 One generation runs at a time; a seeded request gives the same answer every time.
 
 For tests it can misbehave on purpose: ``faults`` is a list applied to the first requests,
@@ -137,6 +138,9 @@ class _Handler(BaseHTTPRequestHandler):
             messages = request["messages"]
         except (ValueError, KeyError) as exc:
             return self._error(400, f"bad request: {exc}")
+        response_format = (request.get("response_format") or {}).get("type", "text")
+        if response_format != "text":  # refused, as servers without constrained decoding do; never ignored
+            return self._error(400, f"response_format {response_format} is not supported by this server")
         fault = self.server.next_fault()
         if fault in ("429", "500", "400"):
             return self._error(int(fault), f"injected fault {fault}")

@@ -26,11 +26,17 @@ def main() -> None:
     help="ray: train and evaluate as Ray tasks in parallel (pip install 'datakit[ray]').",
 )
 @click.option("--address", default=None, help="ray: the cluster's address (default: RAY_ADDRESS or a new local one).")
-def run_command(recipe, out, dry_run, profile, executor, address) -> None:
+@click.option(
+    "--backend",
+    type=click.Choice(["hf", "vllm"]),
+    default=None,
+    help="Score with lm-eval's transformers model here (hf) or through a vLLM server (default: the recipe's eval.backend, else hf).",
+)
+def run_command(recipe, out, dry_run, profile, executor, address, backend) -> None:
     """Build, train and score every arm of RECIPE, then write results.md in the run folder."""
     from evals.run import run
 
-    run(recipe, out=out, profile=profile, dry_run=dry_run, executor=executor, address=address)
+    run(recipe, out=out, profile=profile, dry_run=dry_run, executor=executor, address=address, backend=backend)
 
 
 @main.command("report")

@@ -16,7 +16,7 @@ import torch
 
 from datakit import pipeline
 from datakit.convert import read_records
-from train import collate, token_losses, tokenize
+from train import IGNORE, collate, token_losses, tokenize
 
 MAX_LENGTH = 1024
 
@@ -67,3 +67,30 @@ def score(model_path: str, adapter: str | None, template: str, records: list[dic
         counts = torch.bincount(rows, minlength=len(chunk))
         out += [(i, float(per_row[k]), float(counts[k])) for k, (i, _) in enumerate(chunk)]
     return sorted(out)
+
+
+def score_served(served: Any, model_path: str, template: str, records: list[dict[str, Any]]) -> list[tuple[int, float, float]]:  # fmt: skip
+    """``score`` through a served model (``evals.lm.Served``): the same tokens, sent as ids to
+    ``/v1/completions`` with ``echo`` and ``logprobs``; the loss of a token is minus the logprob the
+    server reports for it at its position in the prompt. Requests run ``served.scoring_concurrency``
+    at a time."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from transformers import AutoTokenizer
+
+    from datakit.vllm import post_json
+
+    tokenizer = AutoTokenizer.from_pretrained(model_path)
+    items = [(i, tokenize(r, tokenizer, template, max_length=MAX_LENGTH)) for i, r in enumerate(records)]
+    items = [(i, ex) for i, ex in items if not isinstance(ex, str)]
+
+    def one(item: tuple[int, Any]) -> tuple[int, float, float]:
+        i, example = item
+        body = {"model": served.name, "prompt": list(example.input_ids), "max_tokens": 1, "temperature": 0,
+                "echo": True, "logprobs": 0}  # fmt: skip
+        logprobs = post_json(f"{served.url}/completions", body)["choices"][0]["logprobs"]["token_logprobs"]
+        trained = [t for t, label in enumerate(example.labels) if t > 0 and label != IGNORE]
+        return i, -sum(float(logprobs[t]) for t in trained), float(len(trained))
+
+    with ThreadPoolExecutor(served.scoring_concurrency) as pool:
+        return sorted(pool.map(one, items))

@@ -45,7 +45,11 @@ EVAL_KEYS = {
     "null_arm",
     "min_seeds",
     "effects",
+    "backend",
+    "server",
+    "dtype",
 }
+BACKENDS = ("hf", "vllm")  # hf: lm-eval's transformers model in this process; vllm: a vLLM server
 HELDOUT_KEYS = {"path", "limit"}
 # recipe train keys -> TrainConfig fields (the short LoRA names of the issue, and the CLI's)
 TRAIN_ALIASES = {"r": "lora_r", "alpha": "lora_alpha", "dropout": "lora_dropout"}
@@ -107,6 +111,9 @@ class Recipe:
     min_seeds: int
     effects: dict[str, float]
     null_arm: bool
+    backend: str  # hf | vllm
+    server: str | None  # a vLLM server the user runs (its /v1 URL); None: datakit starts its own
+    dtype: str  # the served model's dtype (vllm only): bfloat16 is vLLM's fast path on CPU
     arms: dict[str, Arm]
     baseline: str
     raw: dict[str, Any]
@@ -241,6 +248,16 @@ def load(path: str | Path, profile: str | None = None) -> Recipe:
         _whole_number(shots, f"{where}: eval.num_fewshot.{task}", low=0, allow_none=False)
     if ev.get("chat", "auto") not in ("auto", "always", "never"):
         raise RecipeError(f"{where}: eval.chat: expected auto, always or never")
+    backend = ev.get("backend", "vllm" if "server" in ev else "hf")
+    if backend not in BACKENDS:
+        raise RecipeError(f"{where}: eval.backend: expected one of {', '.join(BACKENDS)}, got {shown(backend)}")
+    server = ev.get("server")
+    if server is not None and (not isinstance(server, str) or not server.startswith(("http://", "https://"))):
+        raise RecipeError(f"{where}: eval.server: expected the server's URL (http://HOST:PORT/v1), got {shown(server)}")
+    if server is not None and backend != "vllm":
+        raise RecipeError(f"{where}: eval.server: needs eval.backend vllm (the server answers in its place)")
+    if ev.get("dtype", "bfloat16") not in ("bfloat16", "float32", "float16", "auto"):
+        raise RecipeError(f"{where}: eval.dtype: expected bfloat16, float32, float16 or auto, got {shown(ev['dtype'])}")
     heldout = _mapping(ev.get("heldout") or {}, f"{where}: eval.heldout")
     _unknown(heldout, HELDOUT_KEYS, f"{where}: eval.heldout")
     _whole_number(heldout.get("limit"), f"{where}: eval.heldout.limit")
@@ -260,7 +277,8 @@ def load(path: str | Path, profile: str | None = None) -> Recipe:
         template=str(raw.get("template", "tokenizer")), seeds=seeds, train=train, tasks=[str(t) for t in tasks],
         limit=ev.get("limit"), batch_size=int(ev.get("batch_size", 16)), chat=ev.get("chat", "auto"),
         num_fewshot=dict(ev.get("num_fewshot") or {}), heldout=heldout_source, heldout_limit=heldout.get("limit", ev.get("limit")),
-        max_gen_toks=ev.get("max_gen_toks"), min_seeds=min_seeds, effects=effects, null_arm=bool(ev.get("null_arm", False)), arms=arms, baseline=str(raw["baseline"]), raw=raw,
+        max_gen_toks=ev.get("max_gen_toks"), min_seeds=min_seeds, effects=effects, null_arm=bool(ev.get("null_arm", False)),
+        backend=backend, server=server.rstrip("/") if server else None, dtype=str(ev.get("dtype", "bfloat16")), arms=arms, baseline=str(raw["baseline"]), raw=raw,
     )  # fmt: skip
 
 

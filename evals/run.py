@@ -26,7 +26,7 @@ from typing import Any
 import xxhash
 
 from datakit.io import write_json
-from evals.recipe import Arm, Recipe, load
+from evals.recipe import Arm, Recipe, RecipeError, load
 from evals.report import build as build_report
 from evals.steps import cache_identity
 from evals.tasks import HELDOUT, TASKS
@@ -69,6 +69,7 @@ class Plan:
         self.model_of: dict[tuple[str, str], tuple[str, str | None, str]] = {}  # (arm, run) -> model, adapter, key
         self.runs: dict[str, list[str]] = {}
         self.eval_files: dict[tuple[str, str, str], Path] = {}
+        self.served = None  # evals.serving.ServedModels when the recipe scores through vLLM
         self._build()
 
     def _build(self) -> None:
@@ -113,6 +114,8 @@ class Plan:
                         r.num_fewshot.get(task),
                         r.max_gen_toks,
                     ]
+                    if r.backend != "hf":  # another engine's numbers differ slightly: its own cache
+                        settings.append(("backend", r.backend, r.dtype, r.server))
                     if task == HELDOUT:
                         settings.append(self.heldout_key)
                     elif task in TASKS:
@@ -180,6 +183,7 @@ class Plan:
         started = time.perf_counter()
         model_path = resolve_llm(model)
         template = self.recipe.eval_template(arm)
+        served = self.served.get(model, adapter, model_key) if self.served is not None else None
         if task == HELDOUT:
             from datakit.convert import read_records
             from evals.heldout import score
@@ -187,7 +191,13 @@ class Plan:
             held = json.loads(self.heldout_file.read_text())
             records = list(read_records(self.recipe.heldout.path))[: self.recipe.heldout_limit]
             kept = [records[i] for i in held["kept"]]
-            items = [(held["kept"][i], loss, n) for i, loss, n in score(model_path, adapter, template, kept)]
+            if served is not None:
+                from evals.heldout import score_served
+
+                scores = score_served(served, model_path, template, kept)
+            else:
+                scores = score(model_path, adapter, template, kept)
+            items = [(held["kept"][i], loss, n) for i, loss, n in scores]
             value = sum(x[1] for x in items) / max(1.0, sum(x[2] for x in items))
             result = {"task": task, "metric": "loss", "value": value, "items": items}
         else:
@@ -198,7 +208,8 @@ class Plan:
             out = evaluate(model_path, adapter, template, [task], task_dir=task_dir,
                            cache_prefix=self.cache / "lmeval" / model_key / "requests", limit=self.recipe.limit,
                            batch_size=self.recipe.batch_size, chat=self.recipe.chat,
-                           num_fewshot=self.recipe.num_fewshot, max_gen_toks=self.recipe.max_gen_toks)[task]  # fmt: skip
+                           num_fewshot=self.recipe.num_fewshot, max_gen_toks=self.recipe.max_gen_toks,
+                           served=served)[task]  # fmt: skip
             items = [(doc, value, 1.0) for doc, value in out["items"]]
             result = {"task": task, "metric": out["metric"], "value": out["value"], "items": items}
         result["seconds"] = round(time.perf_counter() - started, 2)
@@ -208,6 +219,9 @@ class Plan:
 def describe(plan: Plan) -> str:
     lines = [f"recipe {plan.recipe.name}: {len(plan.recipe.arms)} arms, seeds {plan.recipe.seeds}, "
              f"tasks {', '.join(plan.recipe.tasks)}; run folder {plan.run_dir}"]  # fmt: skip
+    if plan.recipe.backend != "hf":
+        r = plan.recipe
+        lines.append(f"scoring through {r.backend} ({r.dtype}{', at ' + r.server if r.server else ''})")
     for job in plan.jobs:
         state = "cached" if job.done else "to do"
         lines.append(f"  {state:<7} {job.stage:<8} {job.arm:<16} {job.run:<11} {job.detail}  [{job.key}]")
@@ -227,7 +241,7 @@ def versions() -> dict[str, str]:
 
 
 def run(recipe_path: str | Path, out: str | Path | None = None, profile: str | None = None, dry_run: bool = False,
-        log=None, executor: str = "local", address: str | None = None) -> Path:  # fmt: skip
+        log=None, executor: str = "local", address: str | None = None, backend: str | None = None) -> Path:  # fmt: skip
     """Run a recipe (or with ``dry_run`` only print its plan); returns the run folder.
 
     ``executor="ray"`` runs the training and evaluation jobs as Ray tasks on the cluster at
@@ -235,6 +249,11 @@ def run(recipe_path: str | Path, out: str | Path | None = None, profile: str | N
     """
     log = log or (lambda line: print(line, file=sys.stderr, flush=True))
     recipe = load(recipe_path, profile)
+    if backend:
+        recipe.backend = backend
+    if recipe.backend == "vllm" and executor == "ray":
+        raise RecipeError(f"{recipe_path}: eval.backend vllm runs on the local executor; with --executor ray, "
+                          "score with --backend hf")  # fmt: skip
     run_dir = Path(out) if out else Path(recipe.name + (f"-{profile}" if profile else ""))
     plan = Plan(recipe, run_dir)
     log(describe(plan))
@@ -244,11 +263,33 @@ def run(recipe_path: str | Path, out: str | Path | None = None, profile: str | N
     from evals.lm import hf_home
 
     hf_home(plan.cache / "hf")
+    from transformers.utils import logging as transformers_logging
+
+    transformers_logging.disable_progress_bar()  # a weight-loading bar per job: noise beside the job lines
     todo = [j for j in plan.jobs if not j.done]
     started = time.perf_counter()
     if executor == "ray":
         run_on_ray(plan, todo, address, log)
         todo = []
+    if recipe.backend == "vllm":
+        from evals.serving import ServedModels
+
+        adapters = {key: (model, adapter) for model, adapter, key in plan.model_of.values() if adapter}
+        plan.served = ServedModels(adapters, recipe.dtype, plan.cache / "vllm", server=recipe.server, log=log)
+    try:
+        _run_jobs(plan, todo, started, log)
+    finally:
+        if plan.served is not None:
+            plan.served.close()
+    collect(plan, recipe)
+    build_report(run_dir)
+    log(f"done in {time.perf_counter() - started:,.0f}s: {run_dir / 'results.md'}")
+    return run_dir
+
+
+def _run_jobs(plan: Plan, todo: list[Job], started: float, log) -> None:
+    """The jobs one after another in this process, with an ETA from the time each stage has taken."""
+    recipe = plan.recipe
     spent: dict[str, list[float]] = {}
     for n, job in enumerate(todo, start=1):
         elapsed = time.perf_counter() - started
@@ -261,10 +302,6 @@ def run(recipe_path: str | Path, out: str | Path | None = None, profile: str | N
         seconds = time.perf_counter() - job_started
         spent.setdefault(job.stage, []).append(seconds)
         write_json(plan.cache / "timings" / f"{job.key}.json", {"stage": job.stage, "seconds": round(seconds, 2)})
-    collect(plan, recipe)
-    build_report(run_dir)
-    log(f"done in {time.perf_counter() - started:,.0f}s: {run_dir / 'results.md'}")
-    return run_dir
 
 
 def run_on_ray(plan: Plan, todo: list[Job], address: str | None, log) -> None:

@@ -52,6 +52,17 @@ def tmp(tmp_path: Path) -> Path:
     return tmp_path
 
 
+@pytest.fixture
+def pairs(tmp_path: Path) -> Path:
+    """Five short Alpaca pairs (LLaMA-Factory's demo set), for synth against a real server."""
+    rows = [
+        r for r in json.loads(fixture_path("llama-factory/alpaca_en_demo.json").read_text()) if len(r["output"]) < 300
+    ]
+    path = tmp_path / "pairs.json"
+    path.write_text(json.dumps(rows[:5]))
+    return path
+
+
 # The two-node Ray cluster fixture (tests marked ray; opt in). Defined once here: a session
 # fixture imported into two test modules would be two fixtures, and start two clusters.
 from ray_cluster import ray_cluster  # noqa: E402, F401

@@ -120,6 +120,10 @@ def test_tiny_recipe_end_to_end_then_from_cache(tmp_path: Path) -> None:
         ({"seeds": [-1]}, "seeds"),
         ({"model": ""}, "model"),
         ({"train": {"lr": -1}}, "train.lr"),
+        ({"eval": {"tasks": ["heldout_loss"], "backend": "tgi"}}, "eval.backend"),
+        ({"eval": {"tasks": ["heldout_loss"], "server": "localhost:8000"}}, "eval.server"),
+        ({"eval": {"tasks": ["heldout_loss"], "backend": "hf", "server": "http://127.0.0.1:8000/v1"}}, "eval.server"),
+        ({"eval": {"tasks": ["heldout_loss"], "backend": "vllm", "dtype": "int4"}}, "eval.dtype"),
         ({"arms": {"all": {"data": [{"path": "sample.jsonl"}], "steps": [{"corrupt": {"shuffle_words": 2}}]}}},
          "arms.all.steps[0].corrupt"),
     ],
@@ -131,6 +135,13 @@ def test_a_bad_recipe_fails_before_any_work_naming_the_key(tmp_path: Path, chang
     result = evals_cli("run", str(recipe), "--out", str(tmp_path / "run"))
     assert result.returncode != 0 and named in result.stderr
     assert not (tmp_path / "run").exists()
+
+
+def test_vllm_backend_with_the_ray_executor_is_refused_before_any_work(tmp_path: Path) -> None:
+    recipe = tiny_recipe(tmp_path)
+    result = evals_cli("run", str(recipe), "--out", str(tmp_path / "run"), "--backend", "vllm", "--executor", "ray")
+    assert result.returncode == 1 and "eval.backend vllm runs on the local executor" in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1 and not (tmp_path / "run").exists()
 
 
 def test_a_bad_data_row_stops_the_run_naming_file_and_line(tmp_path: Path) -> None:

@@ -18,12 +18,10 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
-from conftest import ROOT, fixture_path
+from conftest import ROOT
 
 import datakit
 from datakit.synth.parse import RougePool, parse_score, parse_tasks
-
-ALPACA = fixture_path("llama-factory/alpaca_en_demo.json")
 
 
 @pytest.fixture(scope="module")
@@ -40,14 +38,6 @@ def server(chat_model, tmp_path):
     server, _ = start(chat_model, log=tmp_path / "requests.jsonl")
     yield server
     server.shutdown()
-
-
-@pytest.fixture
-def pairs(tmp_path) -> Path:
-    rows = [r for r in json.loads(ALPACA.read_text()) if len(r["output"]) < 300][:5]
-    path = tmp_path / "pairs.json"
-    path.write_text(json.dumps(rows))
-    return path
 
 
 def synth(method: str, source: Path, out: Path, server, tmp_path: Path, cache: str = "cache.sqlite", **options):
@@ -86,22 +76,27 @@ def test_judge_scores_with_reasons_provenance_and_token_totals(server, pairs, tm
     assert (tmp_path / "again.jsonl").read_text() == out.read_text()
 
 
-def test_every_method_gives_valid_records_and_explains_every_drop(server, pairs, tmp_path) -> None:
+def check_every_method(run_synth, sources: int) -> None:
+    """Each generating method gives valid records with provenance and a reason for every drop.
+    ``run_synth(method, out, **options)`` runs it against a server and returns its report."""
     from datakit.record import validate
 
     for method in ("backtranslate", "evol", "self-instruct"):
-        out = tmp_path / f"{method}.jsonl"
-        summary = synth(method, pairs, out, server, tmp_path, max_tokens=40, rounds=1, count=3, threshold=1)
-        kept = [json.loads(line) for line in out.read_text().splitlines()]
-        dropped = [json.loads(line) for line in Path(summary.side_outputs["rejects"]).read_text().splitlines()]
-        assert summary.figures["generated"] >= summary.written == len(kept), method
-        assert sum(summary.removed.values()) == len(dropped) and all(d["reason"] for d in dropped), method
-        assert summary.consumed == summary.read == 5, method  # the sources are used, not passed on
+        out = run_synth(method, method + ".jsonl", max_tokens=40, rounds=1, count=3, threshold=1)
+        kept = [json.loads(line) for line in Path(out.output).read_text().splitlines()]
+        dropped = [json.loads(line) for line in Path(out.side_outputs["rejects"]).read_text().splitlines()]
+        assert out.figures["generated"] >= out.written == len(kept), method
+        assert sum(out.removed.values()) == len(dropped) and all(d["reason"] for d in dropped), method
+        assert out.consumed == out.read == sources, method  # the sources are used, not passed on
         for record in kept:
             validate(record)
             assert record["meta"]["synth"]["method"] == method and record["meta"]["synth"]["model"] == "smollm2-135m"
         if method == "backtranslate":
             assert all(r["meta"]["synth"]["parent"] for r in kept)
+
+
+def test_every_method_gives_valid_records_and_explains_every_drop(server, pairs, tmp_path) -> None:
+    check_every_method(lambda method, out, **o: synth(method, pairs, tmp_path / out, server, tmp_path, **o), 5)
 
 
 def test_retries_through_faults_and_no_retry_on_a_bad_request(chat_model, pairs, tmp_path) -> None:
@@ -126,6 +121,19 @@ def test_retries_through_faults_and_no_retry_on_a_bad_request(chat_model, pairs,
         assert any(r.startswith("judge request failed: HTTP 400") for r in reasons)
     finally:
         server.shutdown()
+
+
+def test_structured_output_falls_back_when_the_server_refuses_it(server, pairs, tmp_path) -> None:
+    # datakit serve cannot constrain decoding and says so (HTTP 400), as llama.cpp's server does
+    # for json_schema: the client steps down to json_object, then to plain text, once each
+    report = synth("judge", pairs, tmp_path / "out.jsonl", server, tmp_path, json_mode=True, max_tokens=12,
+                   threshold=0, concurrency=1)  # fmt: skip
+    assert report.figures["structured output"] == "text"
+    assert [note.split(" refused")[0] for note in report.notes] == ["json_schema", "json_object"]
+    u = usage(report)
+    assert u["answered"] == 5 and u["failed"] == 0 and u["retries"] == 0 and u["sent"] == 7
+    kept = [json.loads(line) for line in (tmp_path / "out.jsonl").read_text().splitlines()]
+    assert all(0 <= r["meta"]["score"] <= 5 for r in kept) and len(kept) + report.figures["parse failures"] == 5
 
 
 def test_budget_stops_and_a_rerun_finishes_from_the_cache(server, pairs, tmp_path) -> None:

@@ -12,10 +12,10 @@
 
 from train.batches import collate
 from train.config import ConfigError, TrainConfig
-from train.labels import tokenize
+from train.labels import IGNORE, tokenize
 from train.recipe import TrainError, TrainResult, fit, load_settings, token_losses
 from train.templates import TEMPLATES, prompt
 
 # the public interface: evals (and users) import these from ``train``, never its modules
-__all__ = ["TEMPLATES", "ConfigError", "TrainConfig", "TrainError", "TrainResult", "collate", "fit",
+__all__ = ["IGNORE", "TEMPLATES", "ConfigError", "TrainConfig", "TrainError", "TrainResult", "collate", "fit",
            "load_settings", "prompt", "token_losses", "tokenize"]  # fmt: skip

@@ -33,11 +33,22 @@ class Request:
     max_tokens: int = 256
     temperature: float = 0.7
     seed: int = 0
-    json_mode: bool = False
+    json_mode: bool = False  # ask for JSON: matching ``schema`` where given, else any JSON object
+    schema: str | None = None  # a JSON schema (as JSON text, so the request stays hashable)
 
     def key(self, model: str) -> str:
         payload = [self.method, model, self.messages, self.max_tokens, self.temperature, self.seed, self.json_mode]
+        if self.schema is not None:  # appended only when set: earlier caches keep their keys
+            payload.append(self.schema)
         return hashlib.sha256(json.dumps(payload).encode()).hexdigest()
+
+
+# Structured output, strictest first. Servers differ: vLLM follows a json_schema, llama.cpp's
+# server answers it with HTTP 500 but takes json_object, datakit serve takes neither (400). A
+# refusal moves the whole client one level down, once, and the same request is sent again.
+RESPONSE_FORMATS = ("json_schema", "json_object", "text")
+REFUSED = (400, 422, 500, 501)  # how servers say they cannot do a response_format...
+ABOUT_FORMAT = ("response_format", "json_schema", "json_object", "schema", "grammar", "structured")  # ...and why
 
 
 @dataclass
@@ -128,6 +139,8 @@ class Client:
         self._lock = threading.Lock()
         self._started = time.perf_counter()
         self.stopped: str | None = None  # why sending stopped early (a budget or request limit)
+        self.response_format = 0  # index into RESPONSE_FORMATS: how far refusals have moved us down
+        self.format_notes: list[str] = []  # each refusal, for the report
 
     def cost(self) -> float | None:
         price = self.settings.price_per_million
@@ -172,17 +185,42 @@ class Client:
             s.max_requests is not None and u.sent >= s.max_requests
         )
 
+    def _format(self, request: Request) -> tuple[int, dict[str, Any]]:
+        """(level, the response_format arguments) for a request: none unless it asks for JSON."""
+        if not request.json_mode:
+            return len(RESPONSE_FORMATS) - 1, {}
+        level = max(self.response_format, 0 if request.schema else 1)
+        kind = RESPONSE_FORMATS[level]
+        if kind == "json_schema":
+            schema = {"name": request.method, "schema": json.loads(request.schema or "{}"), "strict": True}
+            return level, {"response_format": {"type": "json_schema", "json_schema": schema}}
+        return level, {"response_format": {"type": "json_object"}} if kind == "json_object" else {}
+
+    def _refused(self, level: int, error: str) -> bool:
+        """Whether a request sent at ``level`` can be sent again one level down (and move there)."""
+        if level >= len(RESPONSE_FORMATS) - 1:
+            return False
+        with self._lock:
+            if self.response_format <= level:
+                self.response_format = level + 1
+                self.format_notes.append(f"{RESPONSE_FORMATS[level]} refused ({error[:120]}); "
+                                         f"using {RESPONSE_FORMATS[level + 1]}")  # fmt: skip
+        return True
+
     def _send(self, request: Request, stop: threading.Event) -> Answer:
         from openai import APIConnectionError, APIResponseValidationError, APIStatusError, APITimeoutError
 
         error = "not sent"
-        for attempt in range(self.settings.max_retries + 1):
+        attempt, resent = 0, False  # resent: the same attempt again, asking for a looser format
+        while attempt <= self.settings.max_retries:
             with self._lock:
                 if stop.is_set() or self._over_limit():
                     stop.set()
                     return Answer(None, error="not sent: " + self._limit_reason())
                 self.usage.sent += 1
-                self.usage.retries += attempt > 0
+                self.usage.retries += attempt > 0 and not resent
+            resent = False
+            level, response_format = self._format(request)
             try:
                 response = self.api.chat.completions.create(
                     model=self.settings.model,
@@ -190,7 +228,7 @@ class Client:
                     max_tokens=request.max_tokens,
                     temperature=request.temperature,
                     seed=request.seed,
-                    **({"response_format": {"type": "json_object"}} if request.json_mode else {}),
+                    **response_format,
                 )
                 choice = response.choices[0]
                 usage = response.usage
@@ -198,6 +236,10 @@ class Client:
                                 usage.completion_tokens if usage else 0, finish_reason=choice.finish_reason)  # fmt: skip
             except APIStatusError as exc:
                 error = f"HTTP {exc.status_code}: {_message(exc)}"
+                about_format = any(word in error.lower() for word in ABOUT_FORMAT)  # not a transient failure
+                if response_format and exc.status_code in REFUSED and about_format and self._refused(level, error):
+                    resent = True
+                    continue  # the same request at once, asking for less
                 if exc.status_code != 429 and exc.status_code < 500:
                     break  # the request itself is wrong: retrying cannot help
             except (APITimeoutError, APIConnectionError) as exc:
@@ -213,6 +255,7 @@ class Client:
                 self._account(answer)
                 return answer
             time.sleep(self.settings.backoff * 2**attempt)
+            attempt += 1
         with self._lock:
             self.usage.failed += 1
             kind = error.split(":")[0]

@@ -8,6 +8,7 @@ so a rerun sends the same requests, finds them in the cache, and gives the same 
 
 from __future__ import annotations
 
+import json
 import random
 import re
 from dataclasses import dataclass, field
@@ -66,6 +67,27 @@ def _settle(result: MethodResult, answer) -> str | None:
 
 # --- judge (AlpaGasus) ----------------------------------------------------------------
 
+# With json_mode the judge answers {"score": 0-5, "reason": "..."} (score first, as the prompt
+# asks): a server that follows the schema cannot give an unreadable score.
+JUDGE_SCHEMA = json.dumps({
+    "type": "object",
+    "properties": {"score": {"type": "number", "minimum": 0, "maximum": 5}, "reason": {"type": "string", "maxLength": 300}},
+    "required": ["score", "reason"],
+    "additionalProperties": False,
+})  # fmt: skip
+
+
+def parse_judge(text: str) -> float | None:
+    """The score of a judge answer: the JSON one's ``score``, else the first number on the 0-5 scale.
+
+    The schema puts the score first, so an answer cut off by ``max_tokens`` in its reason still
+    has a readable score."""
+    found = re.match(r'\s*\{\s*"score"\s*:\s*(-?\d+(?:\.\d+)?)', text)
+    if found:
+        score = float(found.group(1))
+        return score if 0 <= score <= 5 else None
+    return parse_score(text, 0, 5)
+
 
 def judge(records: list[dict[str, Any]], client: Client, settings: SynthConfig) -> MethodResult:
     """Rate each existing pair 0-5; keep those at or above the threshold (4.5), with meta.score."""
@@ -79,6 +101,7 @@ def judge(records: list[dict[str, Any]], client: Client, settings: SynthConfig) 
             temperature=0.0,
             seed=request_seed(settings.seed, r["id"], i),
             json_mode=settings.json_mode,
+            schema=JUDGE_SCHEMA if settings.json_mode else None,
         )  # fmt: skip
         for i, r in enumerate(records)
     ]
@@ -92,7 +115,7 @@ def judge(records: list[dict[str, Any]], client: Client, settings: SynthConfig) 
         if problem:
             result.dropped.append({"reason": f"judge request failed: {problem}", "record": record})
             continue
-        score = parse_score(answer.text, 0, 5)
+        score = parse_judge(answer.text)
         meta["judge"] = _provenance(record, "judge", client.settings.model, raw=answer.text, threshold=threshold)
         if score is None:
             result.parse_failures += 1

@@ -9,7 +9,7 @@ from typing import Any
 from datakit.embed import cache_dir
 from datakit.options import StepConfig, option
 from datakit.pipeline import Processed, SideOutput, WholeSetStep, register
-from datakit.synth.client import Client, ClientSettings
+from datakit.synth.client import RESPONSE_FORMATS, Client, ClientSettings
 from datakit.synth.methods import GENERATIVE, METHODS
 
 
@@ -31,7 +31,8 @@ class SynthConfig(StepConfig):
     threshold: float | None = option(None, "judge: keep >= (default 4.5); backtranslate: (default 4).")
     rounds: int = option(2, "evol and self-instruct rounds.", low=1)
     count: int = option(20, "self-instruct: new instructions to aim for.", low=1)
-    json_mode: bool = option(False, "Ask for response_format json_object (where the server supports it).")
+    json_mode: bool = option(False, "judge: ask for JSON matching a schema (response_format json_schema); a server "
+                             "that refuses it is asked for json_object, then plain text.")  # fmt: skip
     timeout: float = option(60.0, "Seconds per request.", low=0, open_range=True)
     max_retries: int = option(4, "Retries of a failed request (429, 5xx, timeouts), with backoff.", low=0,
                               aliases=("--retries",))  # fmt: skip
@@ -78,6 +79,9 @@ class Synth(WholeSetStep):
         usage = asdict(client.usage)
         self.figures.update({"generated": result.generated, "parse failures": result.parse_failures,
                              "left undone": result.pending, **{f"requests {k}": v for k, v in usage.items()}})  # fmt: skip
+        if config.json_mode:
+            self.figures["structured output"] = RESPONSE_FORMATS[client.response_format]
+            self.notes += client.format_notes
         if client.cost() is not None:
             self.figures["estimated cost ($)"] = round(client.cost(), 4)
         self.stopped = client.stopped
