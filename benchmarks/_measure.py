@@ -5,6 +5,7 @@ from __future__ import annotations
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 
 def tree_rss_mb(pid: int) -> float:
@@ -39,3 +40,11 @@ def run_side(code: str, *args: str) -> tuple[float, float]:
     """(seconds printed last by ``code``, peak resident MB over its process tree)."""
     out, peak = run_process(code, *args)
     return float(out.strip().splitlines()[-1]), peak
+
+
+def cpu_name() -> str:
+    """The CPU's model name, to print beside every figure (machines here come in two kinds)."""
+    for line in Path("/proc/cpuinfo").read_text().splitlines():
+        if line.startswith("model name"):
+            return line.split(":", 1)[1].strip()
+    return "unknown CPU"

@@ -27,7 +27,7 @@ import sys
 import time
 from pathlib import Path
 
-from _measure import run_process
+from _measure import cpu_name, run_process
 from dedupe_speed import fixture_texts  # the same fixture texts as the 200k speed benchmark
 
 
@@ -114,7 +114,7 @@ def main() -> None:
     args = parser.parse_args()
     work = Path(args.workdir)
     work.mkdir(parents=True, exist_ok=True)
-    cpu = next((line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name")), "?")
+    cpu = cpu_name()
     print(f"CPU: {cpu}; dedupe defaults (exact, then MinHash 128 permutations, 5-word shingles)")
     print(f"{'records':>12}{'seconds':>10}{'records/s':>12}{'peak GB':>9}   in-memory before (69243d6)")
     for size in [int(x) for x in args.records.split(",") if x]:

@@ -21,26 +21,21 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import tempfile
 import time
 from pathlib import Path
 
+from _measure import cpu_name
+
 from datakit.convert import read_records
+from datakit.embed import has_cuda
 from datakit.models import resolve_llm
-from datakit.vllm import VllmServer, cuda, lora_on_logits
+from datakit.vllm import VllmServer, lora_on_logits
 from evals.heldout import score, score_served
 from evals.lm import Served, evaluate, hf_home
 from evals.recipe import load
 from evals.run import Plan
 from evals.tasks import materialize
-
-
-def cpu_name() -> str:
-    for line in Path("/proc/cpuinfo").read_text().splitlines():
-        if line.startswith("model name"):
-            return line.split(":", 1)[1].strip()
-    return platform.processor()
 
 
 def models_of(run_dir: Path) -> list[tuple[str, str | None]]:
@@ -81,7 +76,7 @@ def run_backend(backend: str, models, records, args, template: str, base: str, w
             served = None
             if server is not None:  # one prompt-logprob request at a time with LoRA on CPU: see evals.lm.Served
                 served = Served(server.url, name.replace("/", "-") if adapter else "base",
-                                scoring_concurrency=1 if lora_on_logits(server.adapters) and not cuda() else 8)  # fmt: skip
+                                scoring_concurrency=1 if lora_on_logits(server.adapters) and not has_cuda() else 8)  # fmt: skip
             t = time.perf_counter()
             if served:
                 losses = score_served(served, base, template, records)

@@ -24,6 +24,8 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+from _measure import cpu_name
+
 from datakit.synth.client import Answer, Cache, Client, ClientSettings, Request
 from datakit.synth.parse import parse_score
 
@@ -117,13 +119,6 @@ def main() -> None:
         server.shutdown()
     if vllm is not None:
         vllm.stop()
-
-
-def cpu_name() -> str:
-    for line in Path("/proc/cpuinfo").read_text().splitlines():
-        if line.startswith("model name"):
-            return line.split(":", 1)[1].strip()
-    return "unknown CPU"
 
 
 if __name__ == "__main__":

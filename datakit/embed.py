@@ -91,7 +91,7 @@ class Embedder:
             # own "embedding N/M", and would make an error after them more than one line)
             transformers_logging.disable_progress_bar()
             transformers_logging.set_verbosity_error()
-            self._model = SentenceTransformer(self.model_name, device="cpu" if not _has_cuda() else None)
+            self._model = SentenceTransformer(self.model_name, device="cpu" if not has_cuda() else None)
         return self._model
 
     def __call__(self, texts: Sequence[str]) -> np.ndarray:
@@ -259,7 +259,8 @@ def _model_layout(model_name: str) -> tuple[list[str], str] | None:
     return names, pooling
 
 
-def _has_cuda() -> bool:
+def has_cuda() -> bool:
+    """Whether torch sees a GPU (False where torch is absent)."""
     try:
         import torch
 

