@@ -20,7 +20,7 @@ from pathlib import Path
 
 from _measure import run_process
 
-from train.recipe import cpu_flags
+from datakit.hardware import cpu_flags
 
 SAMPLE = Path(__file__).resolve().parents[1] / "datakit" / "data" / "alpaca_sample.json"
 

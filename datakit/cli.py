@@ -135,8 +135,15 @@ def inspect(input, from_format, as_json, **read_flags) -> None:
 @click.option("--lora-alpha", type=int, default=None, help="LoRA alpha (default 16).")
 @click.option("--lora-dropout", type=float, default=None, help="LoRA dropout (default 0.05).")
 @click.option("--target", default=None, help="LoRA target modules: all-linear (default) or names, comma-separated.")
-@click.option("--full", is_flag=True, help="Full fine-tuning instead of LoRA.")
-@click.option("--qlora", is_flag=True, help="4-bit QLoRA (needs CUDA and bitsandbytes).")
+@click.option(
+    "--method",
+    "method_name",
+    default=None,
+    help="lora (default), dora, rslora, qlora, ia3, prompt, ptuning, prefix (P-tuning v2) or full.",
+)
+@click.option("--virtual-tokens", type=int, default=None, help="prompt, ptuning, prefix: trained tokens (default 20).")
+@click.option("--full", is_flag=True, help="Full fine-tuning (--method full).")
+@click.option("--qlora", is_flag=True, help="4-bit QLoRA, needs CUDA and bitsandbytes (--method qlora).")
 @click.option("--epochs", type=float, default=None, help="Passes over the data (default 1).")
 @click.option("--max-steps", type=int, default=None, help="Optimizer steps (overrides --epochs).")
 @click.option("--lr", type=float, default=None, help="Peak learning rate (default 2e-4), warmup then cosine.")
@@ -145,6 +152,7 @@ def inspect(input, from_format, as_json, **read_flags) -> None:
 @click.option("--max-length", type=int, default=None, help="Tokens per row (default 256).")
 @click.option("--packing", is_flag=True, default=None, help="Several records per row, without cross-attention.")
 @click.option("--seed", type=int, default=None)
+@click.option("--order", default=None, help="shuffled (default), as_given, by_length, by_source or curriculum:KEY.")
 @click.option(
     "--dtype",
     type=click.Choice(["auto", "fp32", "bf16"]),
@@ -157,14 +165,14 @@ def inspect(input, from_format, as_json, **read_flags) -> None:
 @click.option("--merge", is_flag=True, default=None, help="Also write a standalone merged model (out/merged).")
 @click.option("--threads", type=int, default=None, help="torch threads on CPU.")
 @click.option("--quiet", is_flag=True)
-def train_command(config_file, data, full, qlora, no_checkpointing, quiet, **flags) -> None:
-    """Fine-tune a model on a dataset: LoRA (default), full or QLoRA, loss on assistant turns only."""
+def train_command(config_file, data, method_name, full, qlora, no_checkpointing, quiet, **flags) -> None:
+    """Fine-tune a model on a dataset: LoRA (default) or another method, loss on assistant turns only."""
     from train import ConfigError, TrainConfig, fit
 
-    if full and qlora:
-        raise click.UsageError("--full and --qlora exclude each other")
+    if sum(bool(x) for x in (method_name, full, qlora)) > 1:
+        raise click.UsageError("--method, --full and --qlora exclude each other")
     flags["data"] = list(data) or None
-    flags["method"] = "full" if full else "qlora" if qlora else None
+    flags["method"] = "full" if full else "qlora" if qlora else method_name
     flags["gradient_checkpointing"] = False if no_checkpointing else None
     values = {k: v for k, v in flags.items() if v is not None}
     config = TrainConfig.from_yaml(config_file, **values) if config_file else TrainConfig.from_dict(values, "flags")
@@ -196,7 +204,12 @@ def train_command(config_file, data, full, qlora, no_checkpointing, quiet, **fla
 @click.option(
     "--adapter", "adapters", multiple=True, metavar="NAME=DIR", help="vllm: serve a LoRA adapter as model NAME."
 )
-@click.option("--dtype", default="bfloat16", show_default=True, help="vllm: weight dtype (bfloat16, float32, auto).")
+@click.option(
+    "--dtype",
+    default=None,
+    help="vllm: weight dtype (bfloat16, float32, auto: the model's); default: "
+    "bfloat16 on a GPU or a CPU with AMX, else float32 (faster there).",
+)
 @click.option("--faults", default="", help="Testing: faults for the first requests, e.g. 429,500,hang,truncated.")
 @click.option("--log", type=click.Path(), default=None, help="Testing: a JSONL line per request the model answered.")
 @click.option("--threads", type=int, default=None, help="torch threads.")

@@ -51,7 +51,9 @@ def score(model_path: str, adapter: str | None, template: str, records: list[dic
     if adapter:
         from peft import PeftModel
 
-        model = PeftModel.from_pretrained(model, adapter).merge_and_unload()  # scoring needs no separate adapter
+        model = PeftModel.from_pretrained(model, adapter)
+        if not model.active_peft_config.is_prompt_learning:  # virtual tokens cannot be merged into weights
+            model = model.merge_and_unload()  # scoring needs no separate adapter
     model.eval()
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     items = [(i, tokenize(r, tokenizer, template, max_length=MAX_LENGTH)) for i, r in enumerate(records)]

@@ -27,6 +27,7 @@ from typing import Any
 
 from datakit import pipeline, strict_yaml
 from datakit.errors import DatakitError, OptionError, shown
+from datakit.vllm import default_dtype
 from evals.stats import MIN_SEEDS
 from evals.tasks import HELDOUT, TaskError, check_name
 from train import ConfigError, TrainConfig
@@ -113,7 +114,7 @@ class Recipe:
     null_arm: bool
     backend: str  # hf | vllm
     server: str | None  # a vLLM server the user runs (its /v1 URL); None: datakit starts its own
-    dtype: str  # the served model's dtype (vllm only): bfloat16 is vLLM's fast path on CPU
+    dtype: str  # the served model's dtype (vllm only); default: bfloat16 where it is fast, else float32
     arms: dict[str, Arm]
     baseline: str
     raw: dict[str, Any]
@@ -278,7 +279,7 @@ def load(path: str | Path, profile: str | None = None) -> Recipe:
         limit=ev.get("limit"), batch_size=int(ev.get("batch_size", 16)), chat=ev.get("chat", "auto"),
         num_fewshot=dict(ev.get("num_fewshot") or {}), heldout=heldout_source, heldout_limit=heldout.get("limit", ev.get("limit")),
         max_gen_toks=ev.get("max_gen_toks"), min_seeds=min_seeds, effects=effects, null_arm=bool(ev.get("null_arm", False)),
-        backend=backend, server=server.rstrip("/") if server else None, dtype=str(ev.get("dtype", "bfloat16")), arms=arms, baseline=str(raw["baseline"]), raw=raw,
+        backend=backend, server=server.rstrip("/") if server else None, dtype=str(ev["dtype"]) if "dtype" in ev else default_dtype(), arms=arms, baseline=str(raw["baseline"]), raw=raw,
     )  # fmt: skip
 
 

@@ -31,6 +31,7 @@ from evals.report import build as build_report
 from evals.steps import cache_identity
 from evals.tasks import HELDOUT, TASKS
 
+VLLM_METHODS = ("lora", "rslora", "qlora", "full")  # what vLLM serves: LoRA modules, or a model of its own
 VERSION = "1"  # bump when a change to the code makes cached artifacts wrong
 
 
@@ -254,6 +255,12 @@ def run(recipe_path: str | Path, out: str | Path | None = None, profile: str | N
     if recipe.backend == "vllm" and executor == "ray":
         raise RecipeError(f"{recipe_path}: eval.backend vllm runs on the local executor; with --executor ray, "
                           "score with --backend hf")  # fmt: skip
+    if recipe.backend == "vllm":  # vLLM has LoRA modules only: refuse before any training, not after
+        for name, arm in recipe.arms.items():
+            method = {**recipe.train, **arm.train_overrides}.get("method", "lora")
+            if arm.train and method not in VLLM_METHODS:
+                raise RecipeError(f"{recipe_path}: arms.{name}: method {method} cannot be served by vLLM (it serves "
+                                  f"{', '.join(VLLM_METHODS)}); score this recipe with --backend hf")  # fmt: skip
     run_dir = Path(out) if out else Path(recipe.name + (f"-{profile}" if profile else ""))
     plan = Plan(recipe, run_dir)
     log(describe(plan))

@@ -32,7 +32,9 @@ class ServedModels:
     def get(self, model: str, adapter: str | None, name: str) -> Served:
         """Where to send requests for ``model`` plus ``adapter`` (``name``: the adapter's served name)."""
         if adapter and Path(adapter, "adapter_config.json").exists() and not is_lora(adapter):
-            raise VllmError(f"{adapter}: vLLM serves LoRA adapters only; score this arm with eval.backend hf")
+            raise VllmError(
+                f"{adapter}: vLLM serves LoRA and rsLoRA adapters only (not DoRA, IA3 or virtual tokens); score this arm with eval.backend hf"
+            )
         if self.url:
             return self._users_server(adapter, name)
         full_model = adapter is not None and not is_lora(adapter)

@@ -144,6 +144,15 @@ def test_vllm_backend_with_the_ray_executor_is_refused_before_any_work(tmp_path:
     assert len(result.stderr.strip().splitlines()) == 1 and not (tmp_path / "run").exists()
 
 
+def test_an_arm_vllm_cannot_serve_is_refused_with_the_vllm_backend_before_any_work(tmp_path: Path) -> None:
+    dora = {"data": [{"path": "sample.jsonl"}], "train": {"method": "dora"}}
+    recipe = tiny_recipe(tmp_path, arms={"base": {"train": False}, "all": dora})
+    load(recipe)  # a DoRA arm is a good recipe: the hf backend scores it
+    result = evals_cli("run", str(recipe), "--out", str(tmp_path / "run"), "--backend", "vllm")
+    assert result.returncode == 1 and "arms.all: method dora cannot be served by vLLM" in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1 and not (tmp_path / "run").exists()
+
+
 def test_a_bad_data_row_stops_the_run_naming_file_and_line(tmp_path: Path) -> None:
     recipe = tiny_recipe(tmp_path)
     with open(tmp_path / "sample.jsonl", "a") as f:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 from conftest import fixture_path
 
@@ -95,3 +97,74 @@ def test_generation_prompt_is_the_rendered_text_up_to_the_last_answer(template: 
         asked = prompt({**record, "messages": record["messages"][:-1]}, template, tokenizer)
         assert rendered.text.startswith(asked), template
         assert len(asked) == rendered.spans[-1][0]  # the answer (and only it) follows the prompt
+
+
+# --- tools reach the prompt (issue 16): the functions a call was allowed to use are shown, never trained
+
+GLAIVE = [r for r in datakit.read_records(fixture_path("llama-factory/glaive_toolcall_en_demo.json")) if r["tools"]]
+OPENAI_TOOLS = [r for r in datakit.read_records(fixture_path("openai-messages/stock_toolcall_training.jsonl"))
+                if r["tools"]]  # fmt: skip
+# A chat template that renders ``tools`` itself (as Qwen2.5's and Llama 3.1's do), for the
+# tokenizer path that hands the tools to ``apply_chat_template``.
+TOOLS_TEMPLATE = (
+    "{% if tools %}<|im_start|>system\nFunctions:\n{% for t in tools %}{{ t | tojson }}\n{% endfor %}<|im_end|>\n"
+    "{% endif %}{% for m in messages %}<|im_start|>{{ m.role }}\n{{ m.content }}<|im_end|>\n{% endfor %}"
+    "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+)
+
+
+def renders_templates(record: dict) -> list[str]:
+    """The templates that can render this record (only chatml and the tokenizer's have tool turns)."""
+    with_tool_turns = any(m["role"] == "tool" for m in record["messages"])
+    return ["tokenizer", "chatml"] if with_tool_turns else list(TEMPLATES)
+
+
+def tool_texts(record: dict) -> list[str]:
+    """What must be shown of each tool: its name, its description and its parameters' schema."""
+    out = []
+    for tool in record["tools"]:
+        function = tool.get("function", tool)
+        out += [function["name"], function.get("description", ""), json.dumps(function.get("parameters"))[1:-1]]
+    return [t for t in out if t]
+
+
+@pytest.mark.parametrize("records", [GLAIVE, OPENAI_TOOLS], ids=["glaive", "openai"])
+def test_tools_are_rendered_in_the_prompt_and_never_trained(records, tokenizer) -> None:
+    from train.templates import prompt, render
+
+    checked = 0
+    for record in records:
+        for template in renders_templates(record):
+            rendered = render(record, template, tokenizer)
+            first_answer = rendered.spans[0][0]
+            for text in tool_texts(record):
+                assert text in rendered.text[:first_answer], (template, text)
+            example = tokenize(record, tokenizer, template)
+            trained = tokenizer.decode([t for t in example.labels if t != IGNORE])
+            assert all(text not in trained for text in tool_texts(record) if len(text) > 30), template
+            expected = [lead(template) + assistant_text(m) + end_marker(template, tokenizer)
+                        for m in record["messages"] if m["role"] == "assistant"]  # fmt: skip
+            assert [tokenizer.decode(run) for run in trained_spans(example)] == expected, template
+            # evaluation renders the same tools: the generation prompt shows them too
+            asked = prompt({**record, "messages": record["messages"][:1]}, template, tokenizer)
+            assert all(text in asked for text in tool_texts(record)), template
+            checked += 1
+    assert checked >= len(records) * 2
+
+
+def test_a_tokenizer_template_that_renders_tools_gets_them_as_its_argument(tokenizer) -> None:
+    from transformers import AutoTokenizer
+
+    from datakit.models import resolve_llm
+    from train.templates import TOOLS_INTRO, render
+
+    own = AutoTokenizer.from_pretrained(resolve_llm("smollm2-135m"))
+    own.chat_template = TOOLS_TEMPLATE
+    record = OPENAI_TOOLS[0]
+    text = render(record, "tokenizer", own).text
+    assert text.startswith("<|im_start|>system\nFunctions:\n") and TOOLS_INTRO not in text  # its own rendering
+    assert all(json.dumps(t) in text for t in record["tools"])
+    # SmolLM2's own template ignores tools: datakit puts its tools block in the system message instead
+    assert TOOLS_INTRO in render(record, "tokenizer", tokenizer).text
+    no_tools = render({**record, "tools": None}, "tokenizer", tokenizer).text
+    assert TOOLS_INTRO not in no_tools and "get_last_nday_stock_price" not in no_tools.split("<|im_start|>user")[0]

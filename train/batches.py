@@ -3,6 +3,17 @@
 The plan is a pure function of the examples, the seed and the batch settings, so a resumed
 run replays exactly the same batches: it skips the steps already done.
 
+The order of each epoch (``order``):
+
+- ``shuffled`` (default): a seeded permutation, a new one each epoch;
+- ``as_given``: the records in the order of the data files, every epoch;
+- ``by_length``: shortest first (a length curriculum; batches of like lengths pad little);
+- ``by_source``: one data source after another, in the order given (a record's source is the
+  file it was first read from, ``meta.source.file``), shuffled within each source;
+- ``curriculum:KEY``: ascending ``meta[KEY]`` (a difficulty or quality score), easiest first.
+
+Ties are broken by the epoch's seeded permutation, so every order is reproducible from the seed.
+
 - Unpacked: each row is one record, padded to the longest row of its micro-batch.
 - Packed: records are laid end to end into rows of at most ``max_length`` tokens, in the
   shuffled order (a record that does not fit starts a new row). Position ids restart at 0
@@ -41,8 +52,33 @@ class MicroBatch:
         return int(self.real.sum())
 
 
-def epoch_order(n: int, seed: int, epoch: int) -> list[int]:
-    return np.random.default_rng([seed, epoch]).permutation(n).tolist()
+ORDERS = ("shuffled", "as_given", "by_length", "by_source", "curriculum:KEY")
+
+
+@dataclass
+class Ordering:
+    """How each epoch orders the examples (see the module docstring)."""
+
+    kind: str = "shuffled"  # shuffled | as_given | by_length | by_source | curriculum
+    sources: list[int] | None = None  # by_source: each example's source number, in the order given
+    keys: list[float] | None = None  # curriculum: each example's meta[KEY]
+
+
+def epoch_order(examples: list[Example], seed: int, epoch: int, ordering: Ordering | None = None) -> list[int]:
+    """The example indices of one epoch, in training order."""
+    ordering = ordering or Ordering()
+    shuffled = np.random.default_rng([seed, epoch]).permutation(len(examples))
+    if ordering.kind == "shuffled":
+        return shuffled.tolist()
+    if ordering.kind == "as_given":
+        return list(range(len(examples)))
+    if ordering.kind == "by_length":
+        key = np.array([len(ex.input_ids) for ex in examples])
+    elif ordering.kind == "by_source":
+        key = np.asarray(ordering.sources)
+    else:
+        key = np.asarray(ordering.keys, dtype=np.float64)
+    return shuffled[np.argsort(key[shuffled], kind="stable")].tolist()
 
 
 def pack_rows(examples: list[Example], order: list[int], max_length: int, window: int = 64) -> list[list[int]]:
@@ -68,13 +104,14 @@ def pack_rows(examples: list[Example], order: list[int], max_length: int, window
 
 
 def plan_steps(examples: list[Example], *, batch_size: int, grad_accum: int, seed: int, packing: bool,
-               max_length: int, epochs: float, max_steps: int | None) -> tuple[int, Iterator[list[list[list[int]]]]]:  # fmt: skip
+               max_length: int, epochs: float, max_steps: int | None,
+               ordering: Ordering | None = None) -> tuple[int, Iterator[list[list[list[int]]]]]:  # fmt: skip
     """(total optimizer steps, steps): each step is micro-batches, each a list of rows of example indices."""
     if not examples:
         raise ValueError("no example to train on")
 
     def epoch_rows(epoch: int) -> list[list[int]]:
-        order = epoch_order(len(examples), seed, epoch)
+        order = epoch_order(examples, seed, epoch, ordering)
         return pack_rows(examples, order, max_length) if packing else [[i] for i in order]
 
     rows_per_epoch = len(epoch_rows(0))

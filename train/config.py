@@ -16,7 +16,21 @@ from typing import Any
 
 from datakit import strict_yaml
 from datakit.errors import DatakitError, shown
+from train.batches import ORDERS
 from train.templates import TEMPLATES
+
+# The tuning methods, each through peft but ``full``. The LoRA family trains low-rank updates of
+# the linear layers: DoRA (Liu et al. 2024) adds a learned magnitude per column, rsLoRA scales the
+# update by alpha/sqrt(r) so higher ranks keep learning, QLoRA trains LoRA over 4-bit weights (CUDA).
+# IA3 learns a scaling vector per attention key/value and feed-forward output (peft's layers for
+# the architecture). The prompt-learning methods train virtual tokens in front of every input and
+# leave the model as it is: ``prompt`` (Lester et al. 2021: input embeddings), ``ptuning``
+# (P-tuning, Liu et al. 2021: embeddings made by a small encoder) and ``prefix`` (prefix tuning,
+# which P-tuning v2 is: trained keys and values at every layer). They usually want a much higher
+# learning rate than LoRA (1e-2 rather than 2e-4).
+METHODS = ("lora", "dora", "rslora", "qlora", "ia3", "prompt", "ptuning", "prefix", "full")
+LORA_FAMILY = ("lora", "dora", "rslora", "qlora")
+PROMPT_LEARNING = ("prompt", "ptuning", "prefix")
 
 
 class ConfigError(DatakitError, ValueError):
@@ -53,12 +67,14 @@ class TrainConfig:
     out: str = "out/train"
     template: str = "tokenizer"  # the tokenizer's own chat template, or a named one
     train_on: str = "all"  # every assistant turn, or "last"
-    method: str = "lora"  # lora | full | qlora
+    method: str = "lora"  # one of METHODS
     lora_r: int = 8
     lora_alpha: int = 16
     lora_dropout: float = 0.05
-    target: str = "all-linear"  # peft's target_modules: "all-linear" or comma-separated names
+    target: str = "all-linear"  # LoRA family: peft's target_modules, "all-linear" or comma-separated names
+    virtual_tokens: int = 20  # prompt, ptuning and prefix: how many trained virtual tokens
     epochs: float = 1.0
+    order: str = "shuffled"  # shuffled | as_given | by_length | by_source | curriculum:KEY (train.batches)
     max_steps: int | None = None  # overrides epochs when set
     lr: float = 2e-4
     warmup_ratio: float = 0.03
@@ -69,7 +85,7 @@ class TrainConfig:
     packing: bool = False
     seed: int = 0
     dtype: str = "auto"  # auto: bf16 weights where the CPU/GPU has bf16, else fp32 | fp32 | bf16
-    gradient_checkpointing: bool = True
+    gradient_checkpointing: bool = True  # (never with method prefix: peft cannot checkpoint its keys and values)
     save_every: int = 50  # optimizer steps between checkpoints (and one at the end)
     resume: bool = False
     merge: bool = False  # also write a standalone merged model (LoRA)
@@ -85,7 +101,7 @@ class TrainConfig:
         checks = [
             ("template", self.template in TEMPLATES, f"one of {', '.join(TEMPLATES)}"),
             ("train_on", self.train_on in ("all", "last"), "all or last"),
-            ("method", self.method in ("lora", "full", "qlora"), "lora, full or qlora"),
+            ("method", self.method in METHODS, ", ".join(METHODS)),
             ("dtype", self.dtype in ("auto", "fp32", "bf16"), "auto, fp32 or bf16"),
             ("lora_r", self.lora_r > 0, "a positive integer"),
             ("lr", self.lr > 0, "positive"),
@@ -95,7 +111,23 @@ class TrainConfig:
             ("save_every", self.save_every > 0, "a positive integer"),
             ("epochs", self.epochs > 0, "positive"),
             ("max_steps", self.max_steps is None or self.max_steps > 0, "a positive integer"),
-            ("merge", not (self.merge and self.method == "full"), "only for lora or qlora (full is already merged)"),
+            ("virtual_tokens", self.virtual_tokens > 0, "a positive integer"),
+            (
+                "order",
+                self.order in ORDERS[:-1] or (self.order.startswith("curriculum:") and len(self.order) > 11),
+                ", ".join(ORDERS),
+            ),
+            (
+                "merge",
+                not self.merge or self.method in (*LORA_FAMILY, "ia3"),
+                "only for the LoRA family and ia3 (full is already merged; virtual tokens cannot be merged)",
+            ),
+            (
+                "packing",
+                not (self.packing and self.method in PROMPT_LEARNING),
+                f"false with method {self.method}: its virtual tokens go once in front of each row, and a packed "
+                "row holds several records",
+            ),
         ]
         for key, ok, expected in checks:
             if not ok:

@@ -27,6 +27,7 @@ class Example:
 class Tokenized:
     examples: list[Example] = field(default_factory=list)
     dropped: Counter = field(default_factory=Counter)  # reason -> records
+    kept: list[int] = field(default_factory=list)  # the record each example was made from (its index)
 
 
 def tokenize(record: dict[str, Any], tokenizer: Any, template: str = "tokenizer", train_on: str = "all",
@@ -53,12 +54,13 @@ def tokenize(record: dict[str, Any], tokenizer: Any, template: str = "tokenizer"
 def tokenize_all(records: list[dict[str, Any]], tokenizer: Any, template: str = "tokenizer", train_on: str = "all",
                  max_length: int | None = None) -> Tokenized:  # fmt: skip
     out = Tokenized()
-    for record in records:
+    for index, record in enumerate(records):
         result = tokenize(record, tokenizer, template, train_on, max_length)
         if isinstance(result, str):
             out.dropped[result] += 1
         else:
             out.examples.append(result)
+            out.kept.append(index)
     return out
 
 

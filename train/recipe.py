@@ -27,12 +27,13 @@ import torch
 import torch.nn.functional as F
 import xxhash
 
-from datakit.errors import DatakitError
+from datakit.errors import DatakitError, shown
+from datakit.hardware import cpu_bf16_is_fast
 from datakit.io import write_json
 from datakit.plots import plot_loss
 from train import checkpoint
-from train.batches import MicroBatch, collate, plan_steps
-from train.config import ConfigError, TrainConfig
+from train.batches import MicroBatch, Ordering, collate, plan_steps
+from train.config import LORA_FAMILY, PROMPT_LEARNING, ConfigError, TrainConfig
 from train.labels import IGNORE, Tokenized, tokenize_all
 
 SETTINGS_FILE = "datakit.json"  # beside the adapter or model: base model, template, settings
@@ -66,17 +67,40 @@ class TrainResult:
 # --- data ----------------------------------------------------------------------------------
 
 
-def load_examples(config: TrainConfig, tokenizer: Any) -> tuple[int, Tokenized]:
+def load_examples(config: TrainConfig, tokenizer: Any) -> tuple[int, Tokenized, Ordering]:
+    """(records read, their examples, the order config.order asks for)."""
     from datakit.convert import read_records
 
-    records = []
+    records, files = [], []
     for path in config.data:
         if not Path(path).exists():
             raise ConfigError(f"data: {path} does not exist")
-        records.extend(read_records(path))
+        for record in read_records(path):
+            records.append(record)
+            files.append(((record.get("meta") or {}).get("source") or {}).get("file") or path)
     if not records:
         raise TrainError(f"data: no record in {', '.join(config.data)}")
-    return len(records), tokenize_all(records, tokenizer, config.template, config.train_on, config.max_length)
+    tokenized = tokenize_all(records, tokenizer, config.template, config.train_on, config.max_length)
+    return len(records), tokenized, ordering(config, [records[i] for i in tokenized.kept],
+                                             [files[i] for i in tokenized.kept])  # fmt: skip
+
+
+def ordering(config: TrainConfig, records: list[dict[str, Any]], files: list[str]) -> Ordering:
+    """config.order for these records (those kept as examples) and the files they came from."""
+    kind = config.order.split(":", 1)[0]
+    if kind == "by_source":
+        numbers: dict[str, int] = {}
+        return Ordering(kind, sources=[numbers.setdefault(f, len(numbers)) for f in files])
+    if kind != "curriculum":
+        return Ordering(kind)
+    key, keys = config.order.split(":", 1)[1], []
+    for record in records:
+        value = (record.get("meta") or {}).get(key)
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+            raise ConfigError(f"order: {config.order}: record {record['id']} has no number meta[{key!r}] "
+                              f"(it has {shown(value)})")  # fmt: skip
+        keys.append(float(value))
+    return Ordering(kind, keys=keys)
 
 
 def data_fingerprint(tokenized: Tokenized) -> str:
@@ -87,23 +111,6 @@ def data_fingerprint(tokenized: Tokenized) -> str:
 
 
 # --- model ---------------------------------------------------------------------------------
-
-
-def cpu_flags() -> dict[str, Any]:
-    """The CPU's model name and the flags that decide whether bf16 weights pay."""
-    try:
-        text = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        text = ""
-    model = next((line.split(":", 1)[1].strip() for line in text.splitlines() if line.startswith("model name")), "?")
-    return {"model": model, "amx_bf16": "amx_bf16" in text, "avx512_bf16": "avx512_bf16" in text}
-
-
-def cpu_bf16_is_fast() -> bool:
-    """bf16 weights beat fp32 on a CPU only with AMX tiles. Measured with
-    benchmarks/cpu_defaults.py: with avx512_bf16 and no AMX (AMD EPYC, and an Intel Xeon whose
-    hypervisor hides AMX) fp32 trained faster, unpacked and packed; with AMX, bf16 was faster."""
-    return bool(cpu_flags()["amx_bf16"])
 
 
 def weight_dtype(config: TrainConfig, device: str) -> torch.dtype:
@@ -137,7 +144,7 @@ def load_model(config: TrainConfig, path: str, device: str) -> torch.nn.Module:
     model = AutoModelForCausalLM.from_pretrained(path, **kwargs)
     if config.method != "qlora":
         model.to(device)
-    if config.gradient_checkpointing:
+    if config.gradient_checkpointing and config.method != "prefix":  # peft refuses it with prefix tuning
         if hasattr(model, "activation_checkpointing_enable"):  # transformers >= 5.x renamed it
             model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
         else:
@@ -145,33 +152,62 @@ def load_model(config: TrainConfig, path: str, device: str) -> torch.nn.Module:
         model.config.use_cache = False
     if config.method == "full":
         return model
-    from peft import LoraConfig, get_peft_model
+    from peft import get_peft_model
 
     if config.method == "qlora":
         from peft import prepare_model_for_kbit_training
 
         model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=config.gradient_checkpointing)
-    target = config.target if config.target == "all-linear" else [t.strip() for t in config.target.split(",")]
-    lora = LoraConfig(
-        r=config.lora_r, lora_alpha=config.lora_alpha, lora_dropout=config.lora_dropout,
-        target_modules=target, task_type="CAUSAL_LM",
-    )  # fmt: skip
-    return get_peft_model(model, lora)
+    elif config.method in PROMPT_LEARNING and config.gradient_checkpointing:
+        model.enable_input_require_grads()  # the checkpointed layers see the trained virtual tokens' gradient
+    return get_peft_model(model, peft_config(config))
+
+
+def peft_config(config: TrainConfig) -> Any:
+    """The peft configuration of ``config.method`` (see train.config.METHODS)."""
+    import peft
+
+    if config.method in LORA_FAMILY:
+        target = config.target if config.target == "all-linear" else [t.strip() for t in config.target.split(",")]
+        return peft.LoraConfig(
+            r=config.lora_r, lora_alpha=config.lora_alpha, lora_dropout=config.lora_dropout,
+            target_modules=target, task_type="CAUSAL_LM",
+            use_dora=config.method == "dora", use_rslora=config.method == "rslora",
+        )  # fmt: skip
+    if config.method == "ia3":  # peft's layers for the architecture (attention k, v and the MLP's output)
+        return peft.IA3Config(task_type="CAUSAL_LM")
+    kinds = {"prompt": peft.PromptTuningConfig, "ptuning": peft.PromptEncoderConfig, "prefix": peft.PrefixTuningConfig}
+    return kinds[config.method](task_type="CAUSAL_LM", num_virtual_tokens=config.virtual_tokens)
+
+
+def _virtual_tokens(model: torch.nn.Module) -> tuple[bool, int]:
+    """(whether the model is a peft prompt-learning model, how many virtual positions its outputs
+    begin with: prompt tuning and P-tuning put tokens in front; prefix tuning only adds keys and values)."""
+    config = getattr(model, "active_peft_config", None)
+    if config is None or not getattr(config, "is_prompt_learning", False):
+        return False, 0
+    return True, 0 if str(config.peft_type).endswith("PREFIX_TUNING") else config.num_virtual_tokens
 
 
 def token_losses(model: torch.nn.Module, batch: MicroBatch, device: str) -> tuple[torch.Tensor, torch.Tensor]:
     """(cross-entropy of each trained token, the row it is in); the head runs on those positions only."""
-    causal_lm = model.get_base_model() if hasattr(model, "get_base_model") else model
-    decoder, head = causal_lm.get_decoder(), causal_lm.get_output_embeddings()
-    hidden = decoder(
-        input_ids=batch.input_ids.to(device),
-        attention_mask=None if batch.attention_mask is None else batch.attention_mask.to(device),
-        position_ids=None if batch.position_ids is None else batch.position_ids.to(device),
-        use_cache=False,
-    ).last_hidden_state
     targets = batch.labels[:, 1:].to(device)
     trained = targets != IGNORE
-    logits = head(hidden[:, :-1][trained]).float()
+    prompt_learning, shift = _virtual_tokens(model)
+    causal_lm = model.get_base_model() if hasattr(model, "get_base_model") else model
+    if prompt_learning:  # the virtual tokens are added by peft's forward: run it, keeping the last hidden state
+        out = model(input_ids=batch.input_ids.to(device),
+                    attention_mask=None if batch.attention_mask is None else batch.attention_mask.to(device),
+                    output_hidden_states=True, logits_to_keep=1, use_cache=False)  # fmt: skip
+        hidden = out.hidden_states[-1][:, shift:]
+    else:
+        hidden = causal_lm.get_decoder()(
+            input_ids=batch.input_ids.to(device),
+            attention_mask=None if batch.attention_mask is None else batch.attention_mask.to(device),
+            position_ids=None if batch.position_ids is None else batch.position_ids.to(device),
+            use_cache=False,
+        ).last_hidden_state
+    logits = causal_lm.get_output_embeddings()(hidden[:, :-1][trained]).float()
     return F.cross_entropy(logits, targets[trained], reduction="none"), trained.nonzero()[:, 0]
 
 
@@ -263,7 +299,7 @@ def fit(config: TrainConfig, progress: bool = True) -> TrainResult:
     out = Path(config.out)
     model_path = resolve_llm(config.model)
     tokenizer = AutoTokenizer.from_pretrained(model_path)
-    n_records, tokenized = load_examples(config, tokenizer)
+    n_records, tokenized, order = load_examples(config, tokenizer)
     if not tokenized.examples:
         raise TrainError(f"data: none of {n_records} records has a token to train on ({dict(tokenized.dropped)})")
     examples = tokenized.examples
@@ -288,6 +324,7 @@ def fit(config: TrainConfig, progress: bool = True) -> TrainResult:
     total, steps = plan_steps(
         examples, batch_size=config.batch_size, grad_accum=config.grad_accum, seed=config.seed,
         packing=config.packing, max_length=config.max_length, epochs=config.epochs, max_steps=config.max_steps,
+        ordering=order,
     )  # fmt: skip
 
     out.mkdir(parents=True, exist_ok=True)

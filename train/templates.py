@@ -11,12 +11,21 @@ exact for any tokenizer.
 - ``chatml``, ``alpaca`` (Stanford's two prompts), ``vicuna`` (v1.1), ``llama2`` (``[INST]``)
   and ``plain`` are written here, so their spans are known as the text is built.
 
+A record's ``tools`` (the function schemas its calls were allowed to use) are part of the
+prompt, never trained: a model must see the functions it learns to call. The tokenizer's
+template gets them through ``apply_chat_template(..., tools=...)``; where that template has no
+place for tools (SmolLM2's ignores them), and in the named templates, they are the
+Hermes/Qwen2.5 block (``tools_block``) at the end of the system prompt (before the first
+prompt in ``alpaca``, which has none), the block LLaMA-Factory's ``qwen`` tool format writes.
+Assistant tool calls are written as that block asks: ``<tool_call>{json}</tool_call>``.
+
 The template name is saved with an adapter so evaluation renders prompts the same way.
 """
 
 from __future__ import annotations
 
 import json
+import weakref
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -35,6 +44,17 @@ ALPACA_NO_INPUT = (
 VICUNA_SYSTEM = (
     "A chat between a curious user and an artificial intelligence assistant. "
     "The assistant gives helpful, detailed, and polite answers to the user's questions."
+)
+
+
+TOOLS_INTRO = (
+    "# Tools\n\nYou may call one or more functions to assist with the user query.\n\n"
+    "You are provided with function signatures within <tools></tools> XML tags:\n<tools>\n"
+)
+TOOLS_OUTRO = (
+    "\n</tools>\n\nFor each function call, return a json object with function name and arguments within "
+    '<tool_call></tool_call> XML tags:\n<tool_call>\n{"name": <function-name>, "arguments": <args-json-object>}\n'
+    "</tool_call>"
 )
 
 
@@ -60,6 +80,30 @@ def assistant_text(message: dict[str, Any]) -> str:
             f"<tool_call>{json.dumps({'name': call['name'], 'arguments': arguments}, ensure_ascii=False)}</tool_call>"
         )
     return "\n".join(parts)
+
+
+def tool_schemas(record: dict[str, Any]) -> list[dict[str, Any]]:
+    """The record's tools as OpenAI-style ``{"type": "function", "function": {...}}`` schemas
+    (glaive and ShareGPT give the bare function; OpenAI gives it wrapped)."""
+    return [t if isinstance(t, dict) and "function" in t else {"type": "function", "function": t}
+            for t in record.get("tools") or []]  # fmt: skip
+
+
+def tools_block(record: dict[str, Any]) -> str:
+    """The Hermes/Qwen2.5 system-prompt block naming the record's tools ("" when it has none)."""
+    schemas = tool_schemas(record)
+    if not schemas:
+        return ""
+    return TOOLS_INTRO + "\n".join(json.dumps(t, ensure_ascii=False) for t in schemas) + TOOLS_OUTRO
+
+
+def system_text(record: dict[str, Any], default: str | None = None) -> str | None:
+    """The system prompt a named template writes: the record's (or the template's default),
+    then the tools block."""
+    system, tools = record.get("system") or default, tools_block(record)
+    if not tools:
+        return system
+    return f"{system}\n\n{tools}" if system else tools
 
 
 class _Builder:
@@ -89,8 +133,8 @@ def _turns(record: dict[str, Any], allowed: tuple[str, ...]) -> list[dict[str, A
 
 def chatml(record: dict[str, Any], eos: str) -> Rendered:
     out = _Builder()
-    if record.get("system"):
-        out.add(f"<|im_start|>system\n{record['system']}<|im_end|>\n")
+    if system := system_text(record):
+        out.add(f"<|im_start|>system\n{system}<|im_end|>\n")
     for m in record["messages"]:
         if m["role"] == "assistant":
             out.add("<|im_start|>assistant\n")
@@ -103,6 +147,8 @@ def chatml(record: dict[str, Any], eos: str) -> Rendered:
 
 def alpaca(record: dict[str, Any], eos: str) -> Rendered:
     out = _Builder()
+    if tools := tools_block(record):  # Alpaca's prompt has no system part: the tools come first
+        out.add(tools + "\n\n")
     input_text = (record.get("meta") or {}).get("alpaca_input")
     for m in _turns(record, ("user", "assistant")):
         if m["role"] == "user":
@@ -120,7 +166,7 @@ def alpaca(record: dict[str, Any], eos: str) -> Rendered:
 
 def vicuna(record: dict[str, Any], eos: str) -> Rendered:
     out = _Builder()
-    out.add((record.get("system") or VICUNA_SYSTEM) + " ")
+    out.add(system_text(record, VICUNA_SYSTEM) + " ")
     for m in _turns(record, ("user", "assistant")):
         if m["role"] == "user":
             out.add(f"USER: {m['content']} ASSISTANT:")
@@ -131,7 +177,7 @@ def vicuna(record: dict[str, Any], eos: str) -> Rendered:
 
 def llama2(record: dict[str, Any], eos: str) -> Rendered:
     out = _Builder()
-    system = f"<<SYS>>\n{record['system']}\n<</SYS>>\n\n" if record.get("system") else ""
+    system = f"<<SYS>>\n{text}\n<</SYS>>\n\n" if (text := system_text(record)) else ""
     for i, m in enumerate(_turns(record, ("user", "assistant"))):
         if m["role"] == "user":
             out.add(f"[INST] {system if i == 0 else ''}{m['content']} [/INST]")
@@ -143,8 +189,8 @@ def llama2(record: dict[str, Any], eos: str) -> Rendered:
 
 def plain(record: dict[str, Any], eos: str) -> Rendered:
     out = _Builder()
-    if record.get("system"):
-        out.add(record["system"] + "\n\n")
+    if system := system_text(record):
+        out.add(system + "\n\n")
     for m in _turns(record, ("user", "assistant")):
         if m["role"] == "user":
             out.add(m["content"] + "\n")
@@ -156,15 +202,15 @@ def plain(record: dict[str, Any], eos: str) -> Rendered:
 
 def from_tokenizer(record: dict[str, Any], tokenizer: Any) -> Rendered:
     """The tokenizer's own template; spans by rendering with and without each assistant turn."""
-    messages = to_chat_messages(record)
-    full = tokenizer.apply_chat_template(messages, tokenize=False)
+    messages, tools = chat_input(record, tokenizer)
+    full = tokenizer.apply_chat_template(messages, tools=tools, tokenize=False)
     spans = []
     eos = tokenizer.eos_token or ""
     for i, m in enumerate(messages):
         if m["role"] != "assistant":
             continue
-        before = tokenizer.apply_chat_template(messages[:i], tokenize=False, add_generation_prompt=True)
-        upto = tokenizer.apply_chat_template(messages[: i + 1], tokenize=False)
+        before = tokenizer.apply_chat_template(messages[:i], tools=tools, tokenize=False, add_generation_prompt=True)
+        upto = tokenizer.apply_chat_template(messages[: i + 1], tools=tools, tokenize=False)
         if not full.startswith(upto) or not upto.startswith(before):
             raise TemplateError("the tokenizer's chat template is not prefix-stable; pick a named template")
         start = len(before)
@@ -177,8 +223,39 @@ def from_tokenizer(record: dict[str, Any], tokenizer: Any) -> Rendered:
     return Rendered(full, spans)
 
 
+_RENDERS_TOOLS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # tokenizer -> bool
+
+
+def renders_tools(tokenizer: Any) -> bool:
+    """Whether the tokenizer's chat template writes the ``tools`` it is given (many ignore them)."""
+    if tokenizer not in _RENDERS_TOOLS:
+        probe = [{"role": "user", "content": "hi"}]
+        tool = {"type": "function", "function": {"name": "datakit_probe_tool", "description": "d", "parameters": {}}}
+        try:
+            text = tokenizer.apply_chat_template(probe, tools=[tool], tokenize=False)
+        except Exception:  # a template that fails on tools cannot render them  # noqa: BLE001
+            text = ""
+        _RENDERS_TOOLS[tokenizer] = "datakit_probe_tool" in text
+    return _RENDERS_TOOLS[tokenizer]
+
+
+def chat_input(record: dict[str, Any], tokenizer: Any) -> tuple[list[dict[str, str]], list[dict] | None]:
+    """(messages, tools) for the tokenizer's template: the tools through its own ``tools``
+    argument when it renders them, else as the tools block in the system message."""
+    if not record.get("tools"):
+        return to_chat_messages(record), None
+    if renders_tools(tokenizer):
+        return to_chat_messages(record), tool_schemas(record)
+    messages = to_chat_messages(record)
+    if messages and messages[0]["role"] == "system":
+        messages[0] = {"role": "system", "content": system_text(record)}
+    else:
+        messages.insert(0, {"role": "system", "content": tools_block(record)})
+    return messages, None
+
+
 def to_chat_messages(record: dict[str, Any]) -> list[dict[str, str]]:
-    """The record as plain role/content messages, for a tokenizer's chat template."""
+    """The record as plain role/content messages, for a tokenizer's chat template (tools not included)."""
     out = [{"role": "system", "content": record["system"]}] if record.get("system") else []
     for m in record["messages"]:
         content = assistant_text(m) if m["role"] == "assistant" else (m["content"] or "")
@@ -221,7 +298,8 @@ def prompt(record: dict[str, Any], template: str, tokenizer: Any) -> str:
     if template == "tokenizer":
         if not getattr(tokenizer, "chat_template", None):
             raise TemplateError("the tokenizer has no chat template; pick one of " + ", ".join(NAMED))
-        return tokenizer.apply_chat_template(to_chat_messages(record), tokenize=False, add_generation_prompt=True)
+        messages, tools = chat_input(record, tokenizer)
+        return tokenizer.apply_chat_template(messages, tools=tools, tokenize=False, add_generation_prompt=True)
     if template not in NAMED:
         raise TemplateError(f"unknown template {template!r}; templates: {', '.join(TEMPLATES)}")
     with_answer = {**record, "messages": [*record["messages"], {"role": "assistant", "content": _SENTINEL}]}

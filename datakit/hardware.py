@@ -1,0 +1,27 @@
+"""What the machine computes fast: the CPU's bf16 support decides dtype defaults.
+
+Measured on the two CPU kinds these defaults were chosen on (benchmarks/cpu_defaults.py for
+training, benchmarks/vllm_scoring.py for vLLM): bf16 weights pay on a CPU only with AMX tiles.
+With avx512_bf16 and no AMX (AMD EPYC, and an Intel Xeon whose hypervisor hides AMX) fp32 was
+faster, for training and for vLLM's prompt scoring alike. On a GPU bf16 is the fast path.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+
+def cpu_flags() -> dict[str, Any]:
+    """The CPU's model name and the flags that decide whether bf16 weights pay."""
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        text = ""
+    model = next((line.split(":", 1)[1].strip() for line in text.splitlines() if line.startswith("model name")), "?")
+    return {"model": model, "amx_bf16": "amx_bf16" in text, "avx512_bf16": "avx512_bf16" in text}
+
+
+def cpu_bf16_is_fast() -> bool:
+    """Whether bf16 beats fp32 on this CPU (only with AMX tiles; see the module docstring)."""
+    return bool(cpu_flags()["amx_bf16"])
