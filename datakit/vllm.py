@@ -176,8 +176,8 @@ def is_lora(folder: str | Path) -> bool:
 
 def default_dtype() -> str:
     """bfloat16 on a GPU or a CPU with AMX, else float32. Measured with benchmarks/vllm_scoring.py
-    on an Intel Xeon without AMX (2 cores): prompt scoring at 3.3 requests/s in float32 against
-    2.0 in bfloat16."""
+    on an Intel Xeon without AMX (2 cores): prompt scoring at 3.15 requests/s in float32 against
+    1.99 in bfloat16."""
     return "bfloat16" if has_cuda() or cpu_bf16_is_fast() else "float32"
 
 
