@@ -9,11 +9,12 @@ the three adapters as LoRA modules from one server; its start-up is part of its 
 
 Printed: wall time per backend and task, the ratio, and the agreement per item: the share of
 multiple-choice items with the same answer correct/incorrect, of gsm8k items with the same
-score, and the relative difference of each model's held-out loss. vLLM computes in bf16 by default
-on CPU and the hf backend in fp32, so small differences are expected and reported, not hidden.
+score, and the relative difference of each model's held-out loss. vLLM computes in datakit's
+default dtype (fp32 on a CPU without AMX, bf16 with AMX or on a GPU) and the hf backend in fp32,
+so small differences are expected where they differ and reported, not hidden.
 
     python benchmarks/eval_speed.py [--run quickstart] [--limit 200] [--gsm8k 50] [--gen-tokens 256]
-        [--dtype bfloat16] [--json out.json]
+        [--dtype float32|bfloat16] [--json out.json]
 """
 
 from __future__ import annotations
@@ -112,7 +113,7 @@ def main() -> None:
     parser.add_argument("--limit", type=int, default=200, help="ARC-Easy and PIQA items")
     parser.add_argument("--gsm8k", type=int, default=50, help="gsm8k items")
     parser.add_argument("--gen-tokens", type=int, default=256)
-    parser.add_argument("--dtype", default="bfloat16", help="vLLM's dtype")
+    parser.add_argument("--dtype", default=None, help="vLLM's dtype (default: datakit.vllm.default_dtype())")
     parser.add_argument("--backends", default="hf,vllm")
     parser.add_argument("--json", default=None, help="also write the figures here")
     args = parser.parse_args()

@@ -9,6 +9,7 @@ error or an interruption is decided in one place, datakit.commands.
 from __future__ import annotations
 
 import contextlib
+import os
 import sys
 
 import click
@@ -179,7 +180,7 @@ def train_command(config_file, data, method_name, full, qlora, no_checkpointing,
     if not config.data:
         raise ConfigError("data: give at least one --data file")
     result = fit(config, progress=not quiet)
-    if not quiet:
+    if not quiet and os.environ.get("RANK", "0") == "0":  # under torchrun, the main process reports
         dropped = ", ".join(f"{n} {reason}" for reason, n in result.dropped.items()) or "none"
         click.echo(
             f"trained {result.steps} steps on {result.records - sum(result.dropped.values())} of {result.records} "

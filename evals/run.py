@@ -93,7 +93,8 @@ class Plan:
             self.runs[arm.name] = [f"seed-{s}" for s in r.seeds]
             for seed in r.seeds:
                 config = r.train_config(arm, seed, str(self.data_file[arm.name]), "")
-                settings = {k: v for k, v in config.to_dict().items() if k not in ("data", "out", "resume", "threads")}
+                settings = {k: v for k, v in config.outcome_settings().items()
+                            if k not in ("data", "out", "resume", "threads")}  # fmt: skip
                 key = digest("train", self.data_key[arm.name], settings)
                 out = self.cache / "train" / key
                 self.model_of[(arm.name, f"seed-{seed}")] = (model, str(out / "adapter"), key)

@@ -275,3 +275,45 @@ def load_examples_of(config: TrainConfig, tokenizer) -> list:
     from train.recipe import load_examples
 
     return load_examples(config, tokenizer)[1].examples
+
+
+# --- more than one process (issue 16) --------------------------------------------------------------
+
+
+def test_two_processes_train_as_one_with_twice_the_accumulation(tmp_path: Path) -> None:
+    """``torchrun`` with two gloo processes on CPU: the same loss curve and adapter as one process
+    accumulating over both processes' micro-batches (dropout on: its masks follow the micro-batch)."""
+    data = small_set(tmp_path, 12)  # 6 micro-batches of 2: the last step holds 2 of the 4 a step takes
+    common = ["train", "--data", str(data), "--max-steps", "2", "--batch-size", "2", "--max-length", "96",
+              "--lr", "1e-3", "--dtype", "fp32", "--threads", "1", "--quiet"]  # fmt: skip
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    one = subprocess.run([sys.executable, "-m", "datakit.cli", *common, "--grad-accum", "2", "--out", str(tmp_path / "one")],
+                         capture_output=True, text=True, env=env)  # fmt: skip
+    assert one.returncode == 0, one.stderr
+    two = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+                          "-m", "datakit.cli", *common, "--out", str(tmp_path / "two")],
+                         capture_output=True, text=True, env=env)  # fmt: skip
+    assert two.returncode == 0, two.stderr[-3000:]
+    logs = [[json.loads(line) for line in (tmp_path / run / "loss.jsonl").read_text().splitlines()]
+            for run in ("one", "two")]  # fmt: skip
+    assert len(logs[0]) == len(logs[1]) == 2
+    for a, b in zip(*logs, strict=True):
+        assert (a["tokens"], a["trained_tokens"]) == (b["tokens"], b["trained_tokens"])
+        assert b["loss"] == pytest.approx(a["loss"], rel=1e-5) and b["grad_norm"] == pytest.approx(
+            a["grad_norm"], rel=1e-4
+        )
+    single = load_file(tmp_path / "one" / "adapter" / "adapter_model.safetensors")
+    split = load_file(tmp_path / "two" / "adapter" / "adapter_model.safetensors")
+    assert single.keys() == split.keys()
+    for name, value in single.items():
+        torch.testing.assert_close(split[name], value, atol=1e-6, rtol=1e-5)
+    assert not (tmp_path / "two" / "checkpoints" / "step-1").exists()  # one writer: the newest checkpoint only
+
+
+def test_settings_added_later_keep_earlier_cache_keys_at_their_defaults() -> None:
+    """An evals cache made before ``order`` and ``virtual_tokens`` existed stays valid: at the
+    defaults that reproduce the earlier training they are not part of the compared settings."""
+    plain = TrainConfig(data=["x"]).outcome_settings()
+    assert "order" not in plain and "virtual_tokens" not in plain and plain["method"] == "lora"
+    assert TrainConfig(data=["x"], order="by_length").outcome_settings()["order"] == "by_length"
+    assert TrainConfig(data=["x"], method="prompt", virtual_tokens=8).outcome_settings()["virtual_tokens"] == 8

@@ -159,3 +159,14 @@ class TrainConfig:
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
+
+    def outcome_settings(self) -> dict[str, Any]:
+        """The settings as caches and checkpoints compare them. A setting added later is left out
+        where it has the value that reproduces what came before it, so what was trained before
+        it existed stays valid."""
+        values = self.to_dict()
+        if self.order == "shuffled":
+            del values["order"]
+        if self.method not in PROMPT_LEARNING:
+            del values["virtual_tokens"]
+        return values

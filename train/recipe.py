@@ -31,7 +31,7 @@ from datakit.errors import DatakitError, shown
 from datakit.hardware import cpu_bf16_is_fast
 from datakit.io import write_json
 from datakit.plots import plot_loss
-from train import checkpoint
+from train import checkpoint, distributed
 from train.batches import MicroBatch, Ordering, collate, plan_steps
 from train.config import LORA_FAMILY, PROMPT_LEARNING, ConfigError, TrainConfig
 from train.labels import IGNORE, Tokenized, tokenize_all
@@ -216,6 +216,14 @@ def token_loss_sum(model: torch.nn.Module, batch: MicroBatch, device: str) -> to
     return token_losses(model, batch, device)[0].sum()
 
 
+def dropout_seed(seed: int, step: int, micro_batch: int) -> int:
+    """The torch seed before a micro-batch: dropout masks depend on (seed, step, micro-batch) only,
+    so a resumed run, or one split over processes, draws the same masks."""
+    if micro_batch == 0:
+        return seed * 1_000_003 + step
+    return seed * 1_000_003 + step + ((step * 1_000_033 + micro_batch) << 20)
+
+
 def learning_rate(config: TrainConfig, step: int, total: int) -> float:
     """Linear warmup, then cosine decay to 0 (step counts from 1)."""
     warmup = max(1, math.ceil(config.warmup_ratio * total)) if config.warmup_ratio > 0 else 0
@@ -295,6 +303,7 @@ def fit(config: TrainConfig, progress: bool = True) -> TrainResult:
     started = time.perf_counter()
     if config.threads:
         torch.set_num_threads(config.threads)
+    world = distributed.join()  # one process, or one of those torchrun / accelerate launch started
     device = "cuda" if torch.cuda.is_available() else "cpu"
     out = Path(config.out)
     model_path = resolve_llm(config.model)
@@ -308,9 +317,11 @@ def fit(config: TrainConfig, progress: bool = True) -> TrainResult:
     # what must match for a checkpoint to be continued
     identity = {
         k: v
-        for k, v in config.to_dict().items()
+        for k, v in config.outcome_settings().items()
         if k not in ("data", "out", "resume", "merge", "threads", "save_every")
     }
+    if world.size > 1:  # a step's micro-batches are split by the number of processes
+        identity["processes"] = world.size
     identity["data_fingerprint"] = data_fingerprint(tokenized)
     checkpoints = out / "checkpoints"
     last = checkpoint.latest(checkpoints)
@@ -321,14 +332,15 @@ def fit(config: TrainConfig, progress: bool = True) -> TrainResult:
     model = load_model(config, model_path, device)
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
+    # with N processes a step is the plan's grad_accum x N micro-batches, each process taking every N-th
     total, steps = plan_steps(
-        examples, batch_size=config.batch_size, grad_accum=config.grad_accum, seed=config.seed,
+        examples, batch_size=config.batch_size, grad_accum=config.grad_accum * world.size, seed=config.seed,
         packing=config.packing, max_length=config.max_length, epochs=config.epochs, max_steps=config.max_steps,
         ordering=order,
     )  # fmt: skip
 
     out.mkdir(parents=True, exist_ok=True)
-    log_path = out / "loss.jsonl"
+    log_path = out / "loss.jsonl" if world.main else Path(os.devnull)
     start, tokens, trained_tokens = 0, 0, 0
     if last is not None:
         state = checkpoint.load(last, model, optimizer)
@@ -336,34 +348,39 @@ def fit(config: TrainConfig, progress: bool = True) -> TrainResult:
             changed = sorted(k for k in identity if state["identity"].get(k) != identity[k])
             raise TrainError(f"{last}: the checkpoint was made with other settings ({', '.join(changed)})")
         start, tokens, trained_tokens = state["step"], state["tokens"], state["trained_tokens"]
-        kept = [line for line in log_path.read_text().splitlines() if json.loads(line)["step"] <= start]
-        log_path.write_text("".join(line + "\n" for line in kept))
-    elif log_path.exists():
+        if world.main:
+            kept = [line for line in log_path.read_text().splitlines() if json.loads(line)["step"] <= start]
+            log_path.write_text("".join(line + "\n" for line in kept))
+    elif world.main and log_path.exists():
         log_path.unlink()
 
     model.train()
-    meter = _Progress(total, start, progress)
+    meter = _Progress(total, start, progress and world.main)
     loss_value = float("nan")
     with open(log_path, "a") as log:
         for step, micro_rows in enumerate(steps, start=1):
             if step <= start:
                 continue  # done before the resume: same plan, skipped without work
             step_started = time.perf_counter()
-            torch.manual_seed(config.seed * 1_000_003 + step)  # dropout masks depend on the step only
             lr = learning_rate(config, step, total)
             for group in optimizer.param_groups:
                 group["lr"] = lr
-            batches = [collate(examples, rows, pad_id, config.packing) for rows in micro_rows]
-            n_trained = sum(b.trained_tokens for b in batches)
+            mine = list(enumerate(micro_rows))[world.rank :: world.size]  # (index in the step, rows)
+            batches = [(k, collate(examples, rows, pad_id, config.packing)) for k, rows in mine]
+            n_trained, step_tokens = (int(x) for x in distributed.total(
+                [sum(b.trained_tokens for _, b in batches), sum(b.tokens for _, b in batches)], world))  # fmt: skip
             loss_value = 0.0
-            for batch in batches:
+            for k, batch in batches:
+                # dropout masks depend on (seed, step, micro-batch) only, wherever the micro-batch runs
+                torch.manual_seed(dropout_seed(config.seed, step, k))
                 loss = token_loss_sum(model, batch, device) / n_trained
                 loss.backward()
                 loss_value += loss.item()
+            distributed.sum_gradients(params, world)
+            loss_value = distributed.total([loss_value], world)[0]
             grad_norm = float(torch.nn.utils.clip_grad_norm_(params, 1.0))
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
-            step_tokens = sum(b.tokens for b in batches)
             tokens += step_tokens
             trained_tokens += n_trained
             rate = meter.step(step, loss_value, step_tokens)
@@ -371,12 +388,18 @@ def fit(config: TrainConfig, progress: bool = True) -> TrainResult:
                                   "tokens": step_tokens, "trained_tokens": n_trained, "tokens_per_s": round(rate, 1),
                                   "seconds": round(time.perf_counter() - step_started, 3)}) + "\n")  # fmt: skip
             log.flush()
-            if step % config.save_every == 0 or step == total:
+            if (step % config.save_every == 0 or step == total) and world.main:
                 checkpoint.save(checkpoints, step, model, optimizer,
                                 {"identity": identity, "tokens": tokens, "trained_tokens": trained_tokens})  # fmt: skip
 
+    distributed.barrier(world)  # (every process has finished its last step before the outputs are written)
+    if not world.main:
+        distributed.leave(world)
+        return TrainResult(str(out), None, None, total, n_records, dict(tokenized.dropped), tokens, trained_tokens,
+                           loss_value, round(time.perf_counter() - started, 2), 0.0, 0.0, start)  # fmt: skip
     adapter, model_dir = save_outputs(config, model, tokenizer, model_path, out)
     plot_loss([log_path], out / "loss.png")
+    distributed.leave(world)
     seconds = time.perf_counter() - started
     if math.isnan(loss_value):  # everything was done before the resume: report the logged last loss
         loss_value = json.loads(log_path.read_text().splitlines()[-1])["loss"]
