@@ -67,6 +67,10 @@ class _Interruptions:
         raise Terminated() if signum == signal.SIGTERM else KeyboardInterrupt()
 
 
+def _ignore(signum: int, frame: Any) -> None:
+    """The handler once a command has been interrupted: it is ending anyway."""
+
+
 def describe_os_error(exc: OSError) -> str:
     """``FILE: reason`` for a file-system error, with the second file of a rename when it matters."""
     reason = OS_REASONS.get(exc.errno) or exc.strerror or str(exc)
@@ -120,6 +124,14 @@ class Commands(click.Group):
             raise
         except KeyboardInterrupt as exc:
             status = 128 + (signal.SIGTERM if isinstance(exc, Terminated) else signal.SIGINT)
+            # The command is over: further signals are ignored rather than handed back to Python's
+            # default. A Ctrl-C that polars or torch already turned into this exception can still
+            # be pending in the interpreter, and the default handler would then end the process
+            # with a bare SIGINT (status -2) after the cleanup had finished. (A Python function,
+            # not SIG_IGN: a pending signal meeting SIG_IGN prints a warning.)
+            previous = {number: _ignore for number in previous}
+            for number in previous:
+                signal.signal(number, _ignore)
             click.echo("interrupted: unfinished outputs and temporary files were removed "
                        "(checkpoints and caches stay, for a rerun to resume)", err=True)  # fmt: skip
             ctx.exit(status)
