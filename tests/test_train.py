@@ -10,6 +10,7 @@ import sys
 import time
 from pathlib import Path
 
+import psutil
 import pytest
 import torch
 from conftest import fixture_path
@@ -280,23 +281,39 @@ def load_examples_of(config: TrainConfig, tokenizer) -> list:
 # --- more than one process (issue 16) --------------------------------------------------------------
 
 
-def test_two_processes_train_as_one_with_twice_the_accumulation(tmp_path: Path) -> None:
-    """``torchrun`` with two gloo processes on CPU: the same loss curve and adapter as one process
-    accumulating over both processes' micro-batches (dropout on: its masks follow the micro-batch)."""
-    data = small_set(tmp_path, 12)  # 6 micro-batches of 2: the last step holds 2 of the 4 a step takes
-    common = ["train", "--data", str(data), "--max-steps", "2", "--batch-size", "2", "--max-length", "96",
-              "--lr", "1e-3", "--dtype", "fp32", "--threads", "1", "--quiet"]  # fmt: skip
+def test_two_processes_train_as_one_with_twice_the_accumulation_and_resume_after_a_kill(tmp_path: Path) -> None:
+    """``torchrun`` with two gloo processes on CPU gives the loss curve and adapter of one process
+    accumulating over both processes' micro-batches (dropout on: its masks follow the
+    micro-batch). Killed (both processes, SIGKILL) after its step-2 checkpoint, it continues from
+    that checkpoint with ``--resume`` and ends as if it had never stopped."""
+    data = small_set(tmp_path, 14)  # 7 micro-batches of 2: the last step holds 3 of the 4 a step takes
+    common = ["train", "--data", str(data), "--max-steps", "4", "--save-every", "2", "--batch-size", "2",
+              "--max-length", "96", "--lr", "1e-3", "--dtype", "fp32", "--threads", "1", "--quiet"]  # fmt: skip
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     one = subprocess.run([sys.executable, "-m", "datakit.cli", *common, "--grad-accum", "2", "--out", str(tmp_path / "one")],
                          capture_output=True, text=True, env=env)  # fmt: skip
     assert one.returncode == 0, one.stderr
-    two = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-                          "-m", "datakit.cli", *common, "--out", str(tmp_path / "two")],
-                         capture_output=True, text=True, env=env)  # fmt: skip
-    assert two.returncode == 0, two.stderr[-3000:]
+    torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "-m",
+                "datakit.cli", *common, "--out", str(tmp_path / "two")]  # fmt: skip
+    proc = subprocess.Popen(torchrun, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env,
+                            start_new_session=True)  # fmt: skip
+    deadline = time.monotonic() + 300
+    while not (tmp_path / "two" / "checkpoints" / "step-2").exists() and time.monotonic() < deadline:
+        assert proc.poll() is None, "the job ended before it could be killed"
+        time.sleep(0.05)
+    # torchrun starts each worker in a session of its own: kill the agent and its workers alike
+    family = [proc, *psutil.Process(proc.pid).children(recursive=True)]
+    for member in family:
+        member.send_signal(signal.SIGKILL)
+    proc.wait()
+    psutil.wait_procs([m for m in family if isinstance(m, psutil.Process)], timeout=10)
+    assert not (tmp_path / "two" / "adapter").exists()
+    again = subprocess.run([*torchrun, "--resume"], capture_output=True, text=True, env=env)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert json.loads((tmp_path / "two" / "train_result.json").read_text())["resumed_from"] == 2
     logs = [[json.loads(line) for line in (tmp_path / run / "loss.jsonl").read_text().splitlines()]
             for run in ("one", "two")]  # fmt: skip
-    assert len(logs[0]) == len(logs[1]) == 2
+    assert [a["step"] for a in logs[0]] == [b["step"] for b in logs[1]] == [1, 2, 3, 4]
     for a, b in zip(*logs, strict=True):
         assert (a["tokens"], a["trained_tokens"]) == (b["tokens"], b["trained_tokens"])
         assert b["loss"] == pytest.approx(a["loss"], rel=1e-5) and b["grad_norm"] == pytest.approx(
@@ -307,7 +324,7 @@ def test_two_processes_train_as_one_with_twice_the_accumulation(tmp_path: Path) 
     assert single.keys() == split.keys()
     for name, value in single.items():
         torch.testing.assert_close(split[name], value, atol=1e-6, rtol=1e-5)
-    assert not (tmp_path / "two" / "checkpoints" / "step-1").exists()  # one writer: the newest checkpoint only
+    assert [p.name for p in (tmp_path / "two" / "checkpoints").iterdir()] == ["step-4"]  # one writer, the newest kept
 
 
 def test_settings_added_later_keep_earlier_cache_keys_at_their_defaults() -> None:
