@@ -20,7 +20,7 @@ from datakit.commands import Commands
 from datakit.convert import check_dataset_info, convert_file, write_dataset_info
 from datakit.formats import FORMATS, ReadOptions
 from datakit.inspect import inspect as inspect_api
-from datakit.inspect import render
+from datakit.inspect import render, write_page
 from datakit.io import refuse_overwrite
 
 FORMAT_CHOICE = click.Choice(list(FORMATS))
@@ -107,10 +107,16 @@ def convert(
 @click.argument("input", type=click.Path(allow_dash=True))
 @click.option("--from", "from_format", type=FORMAT_CHOICE, default=None, help="Input format (detected if left out).")
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
+@click.option("--html", "page", default=None, help="Also write a dataset card to this HTML file (self-contained).")
 @read_option_flags
-def inspect(input, from_format, as_json, **read_flags) -> None:
+def inspect(input, from_format, as_json, page, **read_flags) -> None:
     """Show what INPUT holds: format, records, turns, roles, lengths, empty fields, duplicates."""
-    report = inspect_api(input, from_format, _read_options(**read_flags))
+    if page is not None:
+        refuse_overwrite([input], [page])
+    report = inspect_api(input, from_format, _read_options(**read_flags), detail=page is not None)
+    if page is not None:
+        click.echo(f"dataset card: {write_page(report, page)}", err=True)
+        report = {k: v for k, v in report.items() if k not in ("values", "sample")}
     if as_json:
         click.echo(orjson.dumps(report, option=orjson.OPT_INDENT_2).decode())
     else:

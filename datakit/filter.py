@@ -17,6 +17,7 @@ from typing import Any
 
 from datakit.options import StepConfig, option
 from datakit.pipeline import Batch, Processed, SideOutput, Step, register
+from datakit.text import detect_language
 
 RULE_NAMES = ("empty_response", "length", "refusal", "echo", "repetition", "code_fences", "truncated", "language")
 DEFAULT_RULES = RULE_NAMES[:-1]  # language detection is slow and needs to be told which languages
@@ -147,15 +148,8 @@ def truncated(record: dict[str, Any], limits: FilterConfig) -> str | None:
 
 
 def language(record: dict[str, Any], limits: FilterConfig) -> str | None:
-    from langdetect import DetectorFactory, LangDetectException, detect
-
-    DetectorFactory.seed = 0  # langdetect is random without a seed
-    text = (prompt_text(record) + "\n" + response_text(record)).strip()
-    if len(_words(text)) < 3:
-        return None  # too short to tell
-    try:
-        found = detect(text)
-    except LangDetectException:
+    found = detect_language(prompt_text(record) + "\n" + response_text(record))
+    if found is None:
         return None
     if found.split("-")[0] not in limits.languages:
         return f"language {found!r}, not {', '.join(limits.languages)}"

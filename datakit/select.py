@@ -16,6 +16,7 @@ projection (PCA) of all records with the chosen ones marked.
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -24,7 +25,7 @@ import numpy as np
 import polars as pl
 
 from datakit.errors import OptionError, StepError
-from datakit.io import AtomicFile
+from datakit.io import AtomicFile, write_text
 from datakit.options import StepConfig, option
 from datakit.pipeline import Batch, Processed, SideOutput, Step, Tables, register
 from datakit.record import meta_scores, to_frame
@@ -225,7 +226,10 @@ class Select(Step):
     name = "select"
     Config = SelectConfig
     output_format = "canonical"  # meta["select"] needs the canonical record
-    side_outputs = {"plot": SideOutput(".png", "PNG of the 2-D projection, chosen records marked.", rows=False)}
+    side_outputs = {
+        "plot": SideOutput(".png", "PNG of the 2-D projection, chosen records marked.", rows=False),
+        "map": SideOutput(".map.json", "The 2-D projection as JSON (for the HTML report).", rows=False),
+    }
 
     def scan(self, batch: Batch) -> dict[str, pl.DataFrame]:
         config = self.config
@@ -276,8 +280,13 @@ class Select(Step):
             if selection.clusters is not None:
                 info["cluster"] = int(selection.clusters[index])
             self.chosen[int(index)] = info
-        if self.paths.get("plot"):
-            draw(vectors, chosen, self.paths["plot"], f"{config.method}: {k} of {len(vectors)}")
+        if self.paths.get("plot") or self.paths.get("map"):
+            points = project(vectors)
+            title = f"{config.method}: {k} of {len(vectors)}"
+            if self.paths.get("plot"):
+                draw(points, chosen, self.paths["plot"], title)
+            if self.paths.get("map"):
+                write_map(points, chosen, self.paths["map"], title)
 
     def decision(self) -> dict[int, dict[str, Any]]:
         return self.chosen
@@ -297,17 +306,39 @@ class Select(Step):
         return out
 
 
-def draw(vectors: np.ndarray, chosen: np.ndarray, path: str | Path, title: str) -> Path:
-    """A PNG of the records in 2-D (the first two principal components), chosen ones marked."""
+def project(vectors: np.ndarray) -> np.ndarray:
+    """The records in 2-D: their first two principal components (fitted on at most 20k)."""
+    centred = vectors - vectors.mean(axis=0)
+    _, _, components = np.linalg.svd(centred[:: max(1, len(centred) // 20_000)], full_matrices=False)
+    points = centred @ components[:2].T
+    return np.pad(points, ((0, 0), (0, 2 - points.shape[1])))  # one or two records have fewer components
+
+
+MAP_POINTS = 4000  # a page stays light: every chosen record (up to this) and a seeded sample of the rest
+
+
+def write_map(points: np.ndarray, chosen: np.ndarray, path: str | Path, title: str) -> Path:
+    """The projection as JSON: ``positions`` (input order), ``points`` [x, y, chosen 0/1]."""
+    is_chosen = np.zeros(len(points), dtype=bool)
+    is_chosen[chosen] = True
+    picked = np.flatnonzero(is_chosen)[:MAP_POINTS]
+    rest = np.flatnonzero(~is_chosen)
+    room = MAP_POINTS - len(picked)
+    if len(rest) > room:
+        rest = np.sort(np.random.default_rng(0).choice(rest, size=room, replace=False))
+    shown = np.sort(np.concatenate([picked, rest]))
+    rows = [[round(float(points[i, 0]), 5), round(float(points[i, 1]), 5), int(is_chosen[i])] for i in shown]
+    write_text(path, json.dumps({"title": title, "records": len(points), "positions": shown.tolist(), "points": rows}))
+    return Path(path)
+
+
+def draw(points: np.ndarray, chosen: np.ndarray, path: str | Path, title: str) -> Path:
+    """A PNG of the records in 2-D (``project``), chosen ones marked."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    centred = vectors - vectors.mean(axis=0)
-    _, _, components = np.linalg.svd(centred[:: max(1, len(centred) // 20_000)], full_matrices=False)
-    points = centred @ components[:2].T
-    points = np.pad(points, ((0, 0), (0, 2 - points.shape[1])))  # one or two records have fewer components
     figure, axes = plt.subplots(figsize=(7, 6), dpi=110)
     axes.scatter(points[:, 0], points[:, 1], s=4, c="#c8c8c8", label="all records", linewidths=0)
     axes.scatter(points[chosen, 0], points[chosen, 1], s=10, c="#d62728", label="chosen", linewidths=0)

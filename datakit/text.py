@@ -8,6 +8,7 @@ Tool calls count as assistant text (their name and arguments).
 from __future__ import annotations
 
 import functools
+import re
 from typing import Any
 
 import numpy as np
@@ -36,6 +37,30 @@ def record_text(record: dict[str, Any], on: str = "all") -> str:
         for call in m.get("tool_calls") or []:
             parts.append(f"{call['name']} {call['arguments']}")
     return "\n".join(parts)
+
+
+def conversation(record: dict[str, Any], limit: int | None = None) -> str:
+    """A record as a reader sees it: one ``role: text`` paragraph a turn, cut at ``limit`` characters."""
+    parts = [f"system: {record['system']}"] if record.get("system") else []
+    for m in record["messages"]:
+        calls = "".join(f"\n[call {c['name']}({c['arguments']})]" for c in m.get("tool_calls") or [])
+        parts.append(f"{m['role']}: {m.get('content') or ''}{calls}")
+    text = "\n\n".join(parts)
+    return text if limit is None or len(text) <= limit else text[: limit - 1] + "…"
+
+
+def detect_language(text: str) -> str | None:
+    """The language code langdetect finds in ``text`` (seeded), or None when it is too short to tell."""
+    from langdetect import DetectorFactory, LangDetectException, detect
+
+    DetectorFactory.seed = 0  # langdetect is random without a seed
+    text = text.strip()
+    if len(re.findall(r"\w+", text)) < 3:
+        return None
+    try:
+        return detect(text)
+    except LangDetectException:
+        return None
 
 
 class Texts:

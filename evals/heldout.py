@@ -16,7 +16,7 @@ import torch
 
 from datakit import pipeline
 from datakit.convert import read_records
-from train import IGNORE, collate, token_losses, tokenize
+from train import IGNORE, collate, prompt, token_losses, tokenize
 
 MAX_LENGTH = 1024
 
@@ -40,10 +40,8 @@ def decontaminate(heldout: list[dict[str, Any]], training_files: list[Path]) -> 
     return keep, len(seen)
 
 
-@torch.no_grad()
-def score(model_path: str, adapter: str | None, template: str, records: list[dict[str, Any]],
-          batch_size: int = 8, dtype: torch.dtype = torch.float32) -> list[tuple[int, float, float]]:  # fmt: skip
-    """[(item index, summed token loss, tokens)] for each record with a response to score."""
+def load_model(model_path: str, adapter: str | None, dtype: torch.dtype = torch.float32) -> tuple[Any, Any]:
+    """(model in eval mode with its adapter, tokenizer) for scoring or answering."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(model_path)
@@ -55,6 +53,32 @@ def score(model_path: str, adapter: str | None, template: str, records: list[dic
         if not model.active_peft_config.is_prompt_learning:  # virtual tokens cannot be merged into weights
             model = model.merge_and_unload()  # scoring needs no separate adapter
     model.eval()
+    return model, tokenizer
+
+
+@torch.no_grad()
+def answers(model_path: str, adapter: str | None, template: str, records: list[dict[str, Any]],
+            max_new_tokens: int) -> list[str]:  # fmt: skip
+    """The model's greedy answer to each record's last user turn (its reference answer dropped),
+    all prompts in one batch, padded on the left so that every answer starts at the same place."""
+    if not records:
+        return []
+    model, tokenizer = load_model(model_path, adapter)
+    tokenizer.padding_side = "left"
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    tokenizer.pad_token_id = pad
+    texts = [prompt({**r, "messages": r["messages"][:-1]}, template, tokenizer) for r in records]
+    batch = tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False)
+    generated = model.generate(**batch, max_new_tokens=max_new_tokens, do_sample=False, pad_token_id=pad)
+    start = batch["input_ids"].shape[1]
+    return [tokenizer.decode(row[start:], skip_special_tokens=True).strip() for row in generated]
+
+
+@torch.no_grad()
+def score(model_path: str, adapter: str | None, template: str, records: list[dict[str, Any]],
+          batch_size: int = 8, dtype: torch.dtype = torch.float32) -> list[tuple[int, float, float]]:  # fmt: skip
+    """[(item index, summed token loss, tokens)] for each record with a response to score."""
+    model, tokenizer = load_model(model_path, adapter, dtype)
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     items = [(i, tokenize(r, tokenizer, template, max_length=MAX_LENGTH)) for i, r in enumerate(records)]
     items = [(i, ex) for i, ex in items if not isinstance(ex, str)]

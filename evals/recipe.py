@@ -49,7 +49,10 @@ EVAL_KEYS = {
     "backend",
     "server",
     "dtype",
+    "answers",
 }
+ANSWERS = 4  # eval.answers default: held-out prompts every arm answers (greedy) for the report
+ANSWER_TOKENS = 96
 BACKENDS = ("hf", "vllm")  # hf: lm-eval's transformers model in this process; vllm: a vLLM server
 HELDOUT_KEYS = {"path", "limit"}
 # recipe train keys -> TrainConfig fields (the short LoRA names of the issue, and the CLI's)
@@ -115,6 +118,7 @@ class Recipe:
     backend: str  # hf | vllm
     server: str | None  # a vLLM server the user runs (its /v1 URL); None: datakit starts its own
     dtype: str  # the served model's dtype (vllm only); default: bfloat16 where it is fast, else float32
+    answers: int  # held-out prompts each arm answers, side by side in the report (0: none)
     arms: dict[str, Arm]
     baseline: str
     raw: dict[str, Any]
@@ -245,6 +249,7 @@ def load(path: str | Path, profile: str | None = None) -> Recipe:
     _whole_number(ev.get("limit"), f"{where}: eval.limit")
     _whole_number(ev.get("batch_size", 16), f"{where}: eval.batch_size", allow_none=False)
     _whole_number(ev.get("max_gen_toks"), f"{where}: eval.max_gen_toks")
+    _whole_number(ev.get("answers", ANSWERS), f"{where}: eval.answers", low=0, allow_none=False)
     for task, shots in _mapping(ev.get("num_fewshot") or {}, f"{where}: eval.num_fewshot").items():
         _whole_number(shots, f"{where}: eval.num_fewshot.{task}", low=0, allow_none=False)
     if ev.get("chat", "auto") not in ("auto", "always", "never"):
@@ -279,7 +284,8 @@ def load(path: str | Path, profile: str | None = None) -> Recipe:
         limit=ev.get("limit"), batch_size=int(ev.get("batch_size", 16)), chat=ev.get("chat", "auto"),
         num_fewshot=dict(ev.get("num_fewshot") or {}), heldout=heldout_source, heldout_limit=heldout.get("limit", ev.get("limit")),
         max_gen_toks=ev.get("max_gen_toks"), min_seeds=min_seeds, effects=effects, null_arm=bool(ev.get("null_arm", False)),
-        backend=backend, server=server.rstrip("/") if server else None, dtype=str(ev["dtype"]) if "dtype" in ev else default_dtype(), arms=arms, baseline=str(raw["baseline"]), raw=raw,
+        backend=backend, server=server.rstrip("/") if server else None, dtype=str(ev["dtype"]) if "dtype" in ev else default_dtype(),
+        answers=int(ev.get("answers", ANSWERS)), arms=arms, baseline=str(raw["baseline"]), raw=raw,
     )  # fmt: skip
 
 

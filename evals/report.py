@@ -1,4 +1,5 @@
-"""The report of a run, rebuilt from its per-item files: results.json, results.md and charts.
+"""The report of a run, rebuilt from its per-item files: results.json, results.md, charts and
+report.html (evals.page).
 
 ``evals report RUN_DIR`` calls ``build`` again, so the numbers can always be traced back to
 ``items/<arm>/<run>/<task>.jsonl``.
@@ -13,6 +14,7 @@ from typing import Any
 import numpy as np
 
 from datakit.io import write_text
+from evals.page import write_page
 from evals.recipe import DEFAULT_EFFECT, DEFAULT_EFFECTS, NULL_ARM
 from evals.stats import MIN_SEEDS, Runs, delta, estimate, noise_floor
 from evals.tasks import HELDOUT
@@ -90,6 +92,7 @@ def build(run_dir: str | Path) -> dict[str, Any]:
     write_text(run_dir / "results.md", markdown(results, info))
     delta_chart(results, run_dir / "deltas.png")
     loss_chart(run_dir, run_dir / "loss.png")
+    write_page(run_dir, results, info)
     return results
 
 

@@ -26,7 +26,7 @@ from typing import Any
 import xxhash
 
 from datakit.io import write_json
-from evals.recipe import Arm, Recipe, RecipeError, load
+from evals.recipe import ANSWER_TOKENS, Arm, Recipe, RecipeError, load
 from evals.report import build as build_report
 from evals.steps import cache_identity
 from evals.tasks import HELDOUT, TASKS
@@ -49,7 +49,7 @@ def file_digest(path: Path) -> str:
 
 @dataclass
 class Job:
-    stage: str  # data | heldout | train | eval
+    stage: str  # data | heldout | train | eval | answers
     arm: str
     run: str  # "seed-0", or "untrained"
     key: str
@@ -70,6 +70,8 @@ class Plan:
         self.model_of: dict[tuple[str, str], tuple[str, str | None, str]] = {}  # (arm, run) -> model, adapter, key
         self.runs: dict[str, list[str]] = {}
         self.eval_files: dict[tuple[str, str, str], Path] = {}
+        self.data_chain: dict[str, list[tuple[str, dict, Path, Path]]] = {}  # arm -> (step, options, input, output)
+        self.answer_files: dict[str, Path] = {}  # arm -> its first run's answers to held-out prompts
         self.served = None  # evals.serving.ServedModels when the recipe scores through vLLM
         self._build()
 
@@ -81,7 +83,7 @@ class Plan:
         trained_data = sorted({str(self.data_file[a]) for a in self.data_file})
         self.heldout_key = digest("heldout", file_digest(r.heldout.path), r.heldout_limit, trained_data)
         self.heldout_file = self.cache / "heldout" / f"{self.heldout_key}.json"
-        if HELDOUT in r.tasks:
+        if HELDOUT in r.tasks or r.answers:
             self._add(Job("heldout", "-", "-", self.heldout_key, "check held-out set against training data",
                                  self.heldout_file.exists(), self._heldout))  # fmt: skip
         for arm in r.arms.values():
@@ -129,6 +131,23 @@ class Plan:
                     self._add(Job("eval", arm.name, run, key, task, path.exists(),
                                          lambda a=arm, m=model, ad=adapter, mk=model_key, t=task, p=path:
                                          self._eval(a, m, ad, mk, t, p)))  # fmt: skip
+        if r.answers:  # greedy answers of each arm's first run, for the report's side-by-side view
+            for arm in r.arms.values():
+                model, adapter, model_key = self.model_of[(arm.name, self.runs[arm.name][0])]
+                key = digest("answers", model_key, r.eval_template(arm), self.heldout_key, r.answers, ANSWER_TOKENS)
+                path = self.cache / "answers" / f"{key}.json"
+                self.answer_files[arm.name] = path
+                self._add(
+                    Job(
+                        "answers",
+                        arm.name,
+                        self.runs[arm.name][0],
+                        key,
+                        f"{r.answers} held-out prompts",
+                        path.exists(),
+                        lambda a=arm, m=model, ad=adapter, p=path: self._answers(a, m, ad, p),
+                    )
+                )
 
     def _add(self, job: Job) -> None:
         if job.key not in self._keys:  # arms that share a prefix of work share its jobs
@@ -141,11 +160,13 @@ class Plan:
         path = self.cache / "data" / f"{key}.jsonl"
         self._add(Job("data", arm.name, "-", key, f"mix {len(sources)} source(s)", path.exists(),
                              lambda a=arm, p=path: self._mix(a, p)))  # fmt: skip
+        chain = self.data_chain[arm.name] = [("mix", {}, path, path)]
         for i, (op, options) in enumerate(arm.steps):
             key = digest("step", key, *cache_identity(op, options))
             step_path = self.cache / "data" / f"{key}.jsonl"
             self._add(Job("data", arm.name, "-", key, f"step {i + 1}: {op}", step_path.exists(),
                                  lambda o=op, opts=options, src=path, dst=step_path: self._step(o, opts, src, dst)))  # fmt: skip
+            chain.append((op, options, path, step_path))
             path = step_path
         self.data_file[arm.name] = path
         self.data_key[arm.name] = key
@@ -172,6 +193,25 @@ class Plan:
         files = sorted(set(self.data_file.values()))
         keep, removed = decontaminate(records, files)
         write_json(self.heldout_file, {"records": len(records), "kept": keep, "removed": removed})
+
+    def _held_out_records(self) -> list[dict[str, Any]]:
+        """The held-out records left after decontamination (the heldout job has run)."""
+        from datakit.convert import read_records
+
+        held = json.loads(self.heldout_file.read_text())
+        records = list(read_records(self.recipe.heldout.path))[: self.recipe.heldout_limit]
+        return [records[i] for i in held["kept"]]
+
+    def _answers(self, arm: Arm, model: str, adapter: str | None, path: Path) -> None:
+        from datakit.models import resolve_llm
+        from evals.heldout import answers
+
+        held = json.loads(self.heldout_file.read_text())
+        pairs = [(i, r) for i, r in zip(held["kept"], self._held_out_records(), strict=True)
+                 if r["messages"] and r["messages"][-1]["role"] == "assistant"][: self.recipe.answers]  # fmt: skip
+        texts = answers(resolve_llm(model), adapter, self.recipe.eval_template(arm), [r for _, r in pairs],
+                        ANSWER_TOKENS)  # fmt: skip
+        write_json(path, [{"item": i, "answer": t} for (i, _), t in zip(pairs, texts, strict=True)])
 
     def _train(self, config, out: Path) -> None:
         from train import fit
@@ -326,7 +366,7 @@ def run_on_ray(plan: Plan, todo: list[Job], address: str | None, log) -> None:
         for job in (j for j in todo if j.stage == stage):
             log(f"{job.stage} {job.arm} {job.run} {job.detail} (driver)")
             job.action()
-    for stage in ("train", "eval"):
+    for stage in ("train", "eval", "answers"):
         jobs = [j for j in todo if j.stage == stage]
         if not jobs:
             continue
@@ -368,7 +408,22 @@ def _guess(job: Job, recipe: Recipe, spent: dict[str, list[float]]) -> float:
         if job.detail == HELDOUT:
             return 0.45 * (recipe.heldout_limit or 200)
         return 0.2 * (recipe.limit or 500)
+    if job.stage == "answers":  # one batch of prompts, 96 greedy tokens of a 135M model
+        return 8 + 2 * recipe.answers
     return 5.0
+
+
+def write_cards(plan: Plan, recipe: Recipe) -> None:
+    """Each arm's data card and the answers side by side, for the report (evals.cards)."""
+    from datakit.convert import read_records
+    from datakit.io import write_text
+    from evals.cards import data_card, side_by_side
+
+    for arm, chain in plan.data_chain.items():
+        write_json(plan.run_dir / "cards" / f"{arm}.json", data_card(arm, chain))
+    if plan.answer_files:
+        records = list(read_records(recipe.heldout.path))[: recipe.heldout_limit]
+        write_text(plan.run_dir / "answers.json", json.dumps(side_by_side(plan.answer_files, records), indent=1))
 
 
 def collect(plan: Plan, recipe: Recipe) -> None:
@@ -395,6 +450,7 @@ def collect(plan: Plan, recipe: Recipe) -> None:
         seconds = json.loads(timing.read_text())["seconds"] if timing.exists() else None
         timings.append({"stage": job.stage, "arm": job.arm, "run": job.run, "detail": job.detail, "seconds": seconds})
     heldout = json.loads(plan.heldout_file.read_text()) if plan.heldout_file.exists() else None
+    write_cards(plan, recipe)
     write_json(run_dir / "run.json", {
         "recipe": recipe.name, "baseline": recipe.baseline, "arms": list(recipe.arms), "runs": plan.runs,
         "tasks": recipe.tasks, "metrics": metrics, "seeds": recipe.seeds,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import html
 import json
 import subprocess
 import sys
@@ -9,6 +10,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from test_report import assert_self_contained
 
 import datakit
 from evals.recipe import RecipeError, load
@@ -19,6 +21,10 @@ SAMPLE = ROOT / "datakit" / "data" / "alpaca_sample.json"
 
 
 def tiny_recipe(folder: Path, **changes) -> Path:
+    """A recipe small enough for a test; where a test gives its own ``eval``, the arms answer no
+    held-out prompts (eval.answers 0) unless it says otherwise."""
+    if "eval" in changes:
+        changes["eval"] = {"answers": 0, **changes["eval"]}
     records = list(datakit.read_records(SAMPLE))[:12]
     datakit.write_records(records, folder / "sample.jsonl", to="sharegpt")
     recipe = {
@@ -27,7 +33,7 @@ def tiny_recipe(folder: Path, **changes) -> Path:
         "template": "chatml",
         "seeds": [0],
         "train": {"max_steps": 3, "batch_size": 2, "max_length": 96, "lr": 1.0e-3, "dtype": "fp32"},
-        "eval": {"tasks": ["heldout_loss", "arc_easy"], "limit": 6, "batch_size": 8},
+        "eval": {"tasks": ["heldout_loss", "arc_easy"], "limit": 6, "batch_size": 8, "answers": 1},
         "arms": {"base": {"train": False}, "all": {"data": [{"path": "sample.jsonl"}]}},
         "baseline": "base",
     }
@@ -79,6 +85,16 @@ def test_tiny_recipe_end_to_end_then_from_cache(tmp_path: Path) -> None:
     assert "not tested" in md and "1 seed" in md and not any("**\\***" in line for line in table)
     assert (run_dir / "deltas.png").stat().st_size > 0 and (run_dir / "loss.png").stat().st_size > 0
     assert (run_dir / "recipe.yaml").read_text() == recipe.read_text()
+    # the page: written with the report, self-contained, the same numbers, the arms' answers
+    page = (run_dir / "report.html").read_text()
+    assert_self_contained(page)
+    for arm, run in (("base", "untrained"), ("all", "seed-0")):
+        for task in ("heldout_loss", "arc_easy"):
+            assert f">{results['arms'][arm][task]['estimate']['mean']:.3f}<" in page
+            assert f'href="items/{arm}/{run}/{task}.jsonl"' in page
+    (answered,) = json.loads((run_dir / "answers.json").read_text())
+    assert set(answered["answers"]) == {"base", "all"} and all(a.strip() for a in answered["answers"].values())
+    assert html.escape(answered["answers"]["all"]) in page and html.escape(answered["reference"]) in page
 
     adapter = next((run_dir / "cache" / "train").glob("*/adapter/adapter_model.safetensors"))
     trained_at = adapter.stat().st_mtime_ns
@@ -215,7 +231,7 @@ def verdict_recipe(folder: Path, seeds: list[int]) -> Path:
         "template": "chatml",
         "seeds": seeds,
         "train": {"lr": 3.0e-3, "dtype": "fp32", "gradient_checkpointing": False},
-        "eval": {"tasks": ["heldout_loss"], "heldout": {"limit": 16}, "null_arm": True},
+        "eval": {"tasks": ["heldout_loss"], "heldout": {"limit": 16}, "null_arm": True, "answers": 0},
         "arms": {"all": {"data": data}, "corrupted": {"data": data, "steps": [{"corrupt": {"shuffle_words": 1.0}}]}},
         "baseline": "all",
     }
