@@ -104,8 +104,10 @@ def verdicts(page: Page, run_dir: Path, results: dict[str, Any]) -> None:
     verdict_table = table(f"Arms × tasks ({len(tasks)} task{'s' * (len(tasks) != 1)}), baseline "
                           f"{results['baseline']}", header, rows)  # fmt: skip
     recipe = (run_dir / "recipe.yaml").read_text(encoding="utf-8") if (run_dir / "recipe.yaml").exists() else ""
-    page.add(f'<div class="figs"><div style="flex:3;min-width:520px">{verdict_table}</div>'
-             f'<div style="flex:1;min-width:260px"><h3>Recipe</h3>{pre(recipe)}'
+    # the table keeps its width (scrolling sideways on a narrow screen); the recipe takes the
+    # room left beside it, or goes below it when there is not enough
+    page.add(f'<div class="figs"><div style="flex:0 1 auto;max-width:100%;overflow-x:auto">{verdict_table}</div>'
+             f'<div style="flex:1 1 260px;min-width:260px"><h3>Recipe</h3>{pre(recipe)}'
              '<p class="muted"><a href="recipe.yaml">recipe.yaml</a> · <a href="results.json">results.json</a> · '
              '<a href="results.md">results.md</a></p></div></div>')  # fmt: skip
     page.add(noise_table(results))
