@@ -180,9 +180,11 @@ def test_full_fine_tune_writes_a_standalone_model(tmp_path: Path, smollm2) -> No
 # --- the other tuning methods (issue 16): each trains, saves, reloads and scores -----------------
 
 # (learning rate, steps, the loss's least fall): the prompt-learning methods want higher rates;
-# P-tuning's encoder learns slowest (measured: -1.0% in 8 steps at 1e-3, a spike at 1e-2)
+# P-tuning's encoder is the most fragile: at 1e-3 its loss fell 1.0% in 8 steps on an Intel Xeon but
+# only jittered around the start on an AMD EPYC (a CI failure); 3e-3 and 1e-2 spike. At 1e-4 it falls
+# smoothly (AMD EPYC: 1.6646 -> 1.6488 in 8 steps)
 METHODS = {"dora": (1e-3, 4, 0.03), "rslora": (1e-3, 4, 0.03), "ia3": (3e-2, 4, 0.03), "prompt": (3e-2, 4, 0.03),
-           "ptuning": (1e-3, 8, 0.005), "prefix": (1e-2, 4, 0.03)}  # fmt: skip
+           "ptuning": (1e-4, 8, 0.005), "prefix": (1e-2, 4, 0.03)}  # fmt: skip
 
 
 @pytest.mark.parametrize("method", list(METHODS))
