@@ -227,12 +227,10 @@ class Plan:
         template = self.recipe.eval_template(arm)
         served = self.served.get(model, adapter, model_key) if self.served is not None else None
         if task == HELDOUT:
-            from datakit.convert import read_records
             from evals.heldout import score
 
             held = json.loads(self.heldout_file.read_text())
-            records = list(read_records(self.recipe.heldout.path))[: self.recipe.heldout_limit]
-            kept = [records[i] for i in held["kept"]]
+            kept = self._held_out_records()
             if served is not None:
                 from evals.heldout import score_served
 
