@@ -171,6 +171,9 @@ def inspect(input, from_format, as_json, page, **read_flags) -> None:
 @click.option("--resume", is_flag=True, default=None, help="Continue from the last checkpoint in --out.")
 @click.option("--merge", is_flag=True, default=None, help="Also write a standalone merged model (out/merged).")
 @click.option("--threads", type=int, default=None, help="torch threads on CPU.")
+@click.option(
+    "--fsdp", is_flag=True, default=None, help="Under torchrun: shard weights, gradients and optimizer state (FSDP2)."
+)
 @click.option("--quiet", is_flag=True)
 def train_command(config_file, data, method_name, full, qlora, no_checkpointing, quiet, **flags) -> None:
     """Fine-tune a model on a dataset: LoRA (default) or another method, loss on assistant turns only."""

@@ -90,6 +90,9 @@ class TrainConfig:
     resume: bool = False
     merge: bool = False  # also write a standalone merged model (LoRA)
     threads: int | None = None  # torch threads on CPU (default: torch's choice)
+    # under torchrun / accelerate launch: shard weights, gradients and optimizer state over the
+    # processes (FSDP2) rather than hold the whole model in each (train.distributed)
+    fsdp: bool = False
 
     def __post_init__(self) -> None:
         if isinstance(self.data, (str, Path)):
@@ -121,6 +124,11 @@ class TrainConfig:
                 "merge",
                 not self.merge or self.method in (*LORA_FAMILY, "ia3"),
                 "only for the LoRA family and ia3 (full is already merged; virtual tokens cannot be merged)",
+            ),
+            (
+                "fsdp",
+                not (self.fsdp and self.method == "qlora"),
+                "false with qlora (its 4-bit weights are not sharded)",
             ),
             (
                 "packing",
@@ -169,4 +177,6 @@ class TrainConfig:
             del values["order"]
         if self.method not in PROMPT_LEARNING:
             del values["virtual_tokens"]
+        if not self.fsdp:
+            del values["fsdp"]
         return values

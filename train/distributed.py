@@ -13,13 +13,23 @@ accumulation (tested on CPU with two gloo processes):
 
 Why not ``DistributedDataParallel``'s wrapper: at the end of an epoch a step can hold fewer
 micro-batches than processes, and DDP needs every process to run a backward pass each step.
-Summing the gradients once per step is exact, and for adapters (a few MB) as fast. FSDP, for
-models whose full fine-tune does not fit one device, is not supported yet.
+Summing the gradients once per step is exact, and for adapters (a few MB) as fast.
+
+With ``fsdp: true`` (for a model whose full fine-tune does not fit one device) the weights,
+gradients and optimizer state are sharded over the processes instead (PyTorch's FSDP2,
+``fully_shard``: a unit per decoder layer, the embeddings and head in the root unit). The batch
+plan is the same; FSDP sums each micro-batch's gradients into the shards itself (reduce-scatter,
+summed rather than averaged), and since every process must take part in every forward and
+backward pass, a process whose share of a step is one micro-batch short runs an idle pass with
+zero weight. Checkpoints and outputs hold whole tensors, gathered from the shards, so a run
+resumes with any launcher and its outputs load anywhere.
 """
 
 from __future__ import annotations
 
 import os
+import warnings
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -50,6 +60,62 @@ def join() -> World:
     if not dist.is_initialized():
         dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
     return World(dist.get_world_size(), dist.get_rank(), local_rank)
+
+
+def shard(model: torch.nn.Module) -> torch.nn.Module:
+    """FSDP2 over the launcher's processes: each decoder layer (the model's ``_no_split_modules``)
+    its own unit, everything else (embeddings, final norm, a tied head) in the root unit."""
+    from torch.distributed.fsdp import FSDPModule, fully_shard
+
+    # datakit reads the root unit's outputs without changing them in place (FSDP warns of views)
+    warnings.filterwarnings("ignore", message="FSDP2-wrapped module .* returned a view tensor")
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    layer_types = set(getattr(base, "_no_split_modules", None) or ())
+    for module in list(model.modules()):
+        if type(module).__name__ in layer_types:
+            fully_shard(module)
+    fully_shard(model)
+    for module in model.modules():
+        if isinstance(module, FSDPModule):
+            module.set_gradient_divide_factor(1.0)  # sum over the processes (the loss is already per token)
+            module.set_force_sum_reduction_for_comms(True)  # a plain sum (gloo has no pre-scaled one)
+    return model
+
+
+def is_sharded(model: torch.nn.Module) -> bool:
+    from torch.distributed.fsdp import FSDPModule
+
+    return isinstance(model, FSDPModule)
+
+
+def whole(tensor: torch.Tensor) -> torch.Tensor:
+    """A tensor whole: an FSDP shard is gathered from every process (so every process must call
+    this, in the same order), anything else is returned as it is."""
+    from torch.distributed.tensor import DTensor
+
+    return tensor.full_tensor() if isinstance(tensor, DTensor) else tensor
+
+
+def laid_out_as(value: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """A whole tensor (read from a checkpoint by every process) cut into ``target``'s shard."""
+    from torch.distributed.tensor import DTensor, distribute_tensor
+
+    if not isinstance(target, DTensor):
+        return value
+    return distribute_tensor(value.to(target.dtype), target.device_mesh, target.placements, src_data_rank=None)
+
+
+def unsharded(model: torch.nn.Module, fresh: Callable[[], torch.nn.Module], world: World) -> torch.nn.Module | None:
+    """The trained weights gathered from every process into a fresh, unsharded copy of the model
+    (on the main process; None elsewhere). Every process must call this."""
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+
+    weights = get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+    if not world.main:
+        return None
+    copy = fresh()
+    copy.load_state_dict(weights, strict=True)
+    return copy
 
 
 def total(values: list[float], world: World) -> list[float]:

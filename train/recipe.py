@@ -103,10 +103,15 @@ def ordering(config: TrainConfig, records: list[dict[str, Any]], files: list[str
     return Ordering(kind, keys=keys)
 
 
-def data_fingerprint(tokenized: Tokenized) -> str:
+def data_fingerprint(tokenized: Tokenized, order: Ordering | None = None) -> str:
+    """A hash of what training sees: every example's tokens and labels, and what orders them
+    beyond the seed (each example's source under by_source, its meta value under curriculum:KEY),
+    so a checkpoint is not continued on data that would be ordered otherwise."""
     h = xxhash.xxh3_64()
     for ex in tokenized.examples:
         h.update(json.dumps([ex.input_ids, ex.labels]).encode())
+    if order is not None and (order.sources is not None or order.keys is not None):
+        h.update(json.dumps([order.sources, order.keys]).encode())
     return h.hexdigest()
 
 
@@ -142,8 +147,8 @@ def load_model(config: TrainConfig, path: str, device: str) -> torch.nn.Module:
         )
         kwargs["device_map"] = {"": 0}
     model = AutoModelForCausalLM.from_pretrained(path, **kwargs)
-    if config.method != "qlora":
-        model.to(device)
+    if config.method != "qlora" and not (config.fsdp and int(os.environ.get("WORLD_SIZE", "1")) > 1):
+        model.to(device)  # (FSDP moves each shard to the device as it cuts it: the whole model never goes there)
     if config.gradient_checkpointing and config.method != "prefix":  # peft refuses it with prefix tuning
         if hasattr(model, "activation_checkpointing_enable"):  # transformers >= 5.x renamed it
             model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
@@ -195,9 +200,12 @@ def token_losses(model: torch.nn.Module, batch: MicroBatch, device: str) -> tupl
     trained = targets != IGNORE
     prompt_learning, shift = _virtual_tokens(model)
     causal_lm = model.get_base_model() if hasattr(model, "get_base_model") else model
-    if prompt_learning:  # the virtual tokens are added by peft's forward: run it, keeping the last hidden state
+    # The model's own forward runs where peft adds virtual tokens in it, and under FSDP, whose root
+    # unit gathers the embeddings and head as its forward begins; it keeps the last hidden state.
+    if prompt_learning or distributed.is_sharded(model):
         out = model(input_ids=batch.input_ids.to(device),
                     attention_mask=None if batch.attention_mask is None else batch.attention_mask.to(device),
+                    position_ids=None if batch.position_ids is None else batch.position_ids.to(device),
                     output_hidden_states=True, logits_to_keep=1, use_cache=False)  # fmt: skip
         hidden = out.hidden_states[-1][:, shift:]
     else:
@@ -322,7 +330,7 @@ def fit(config: TrainConfig, progress: bool = True) -> TrainResult:
     }
     if world.size > 1:  # a step's micro-batches are split by the number of processes
         identity["processes"] = world.size
-    identity["data_fingerprint"] = data_fingerprint(tokenized)
+    identity["data_fingerprint"] = data_fingerprint(tokenized, order)
     checkpoints = out / "checkpoints"
     last = checkpoint.latest(checkpoints)
     if last is not None and not config.resume:
@@ -330,6 +338,9 @@ def fit(config: TrainConfig, progress: bool = True) -> TrainResult:
 
     torch.manual_seed(config.seed)
     model = load_model(config, model_path, device)
+    sharded = config.fsdp and world.size > 1  # (one process: nothing to shard, the same training)
+    if sharded:
+        model = distributed.shard(model)
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
     # with N processes a step is the plan's grad_accum x N micro-batches, each process taking every N-th
@@ -369,16 +380,21 @@ def fit(config: TrainConfig, progress: bool = True) -> TrainResult:
             batches = [(k, collate(examples, rows, pad_id, config.packing)) for k, rows in mine]
             n_trained, step_tokens = (int(x) for x in distributed.total(
                 [sum(b.trained_tokens for _, b in batches), sum(b.tokens for _, b in batches)], world))  # fmt: skip
+            if sharded:  # every process runs as many passes as the busiest one: idle ones weigh nothing
+                idle = -(-len(micro_rows) // world.size) - len(batches)
+                batches += [(None, collate(examples, micro_rows[0], pad_id, config.packing))] * idle
             loss_value = 0.0
             for k, batch in batches:
                 # dropout masks depend on (seed, step, micro-batch) only, wherever the micro-batch runs
-                torch.manual_seed(dropout_seed(config.seed, step, k))
-                loss = token_loss_sum(model, batch, device) / n_trained
+                torch.manual_seed(dropout_seed(config.seed, step, k or 0))
+                loss = token_loss_sum(model, batch, device)
+                loss = loss / n_trained if k is not None else loss * 0.0  # (idle: FSDP's collectives, no gradient)
                 loss.backward()
                 loss_value += loss.item()
-            distributed.sum_gradients(params, world)
+            if not sharded:  # (FSDP has summed them into each process's shard already)
+                distributed.sum_gradients(params, world)
             loss_value = distributed.total([loss_value], world)[0]
-            grad_norm = float(torch.nn.utils.clip_grad_norm_(params, 1.0))
+            grad_norm = float(distributed.whole(torch.nn.utils.clip_grad_norm_(params, 1.0)))
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
             tokens += step_tokens
@@ -388,11 +404,14 @@ def fit(config: TrainConfig, progress: bool = True) -> TrainResult:
                                   "tokens": step_tokens, "trained_tokens": n_trained, "tokens_per_s": round(rate, 1),
                                   "seconds": round(time.perf_counter() - step_started, 3)}) + "\n")  # fmt: skip
             log.flush()
-            if (step % config.save_every == 0 or step == total) and world.main:
+            if (step % config.save_every == 0 or step == total) and (world.main or sharded):
                 checkpoint.save(checkpoints, step, model, optimizer,
-                                {"identity": identity, "tokens": tokens, "trained_tokens": trained_tokens})  # fmt: skip
+                                {"identity": identity, "tokens": tokens, "trained_tokens": trained_tokens},
+                                write=world.main)  # fmt: skip
 
     distributed.barrier(world)  # (every process has finished its last step before the outputs are written)
+    if sharded:  # the outputs are written whole: gathered from the shards into an unsharded model
+        model = distributed.unsharded(model, lambda: load_model(config, model_path, device), world)
     if not world.main:
         distributed.leave(world)
         return TrainResult(str(out), None, None, total, n_records, dict(tokenized.dropped), tokens, trained_tokens,
