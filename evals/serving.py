@@ -16,7 +16,7 @@ from pathlib import Path
 
 from datakit.embed import has_cuda
 from datakit.models import resolve_llm
-from datakit.vllm import VllmError, VllmServer, is_lora, lora_on_logits, post_json, served_models
+from datakit.vllm import VllmError, VllmServer, is_lora, lora_on_logits, post, served_models
 from evals.lm import Served
 
 BASE_NAME = "base"
@@ -65,7 +65,8 @@ class ServedModels:
         if name not in {m["id"] for m in listed}:
             self.log(f"vLLM: loading adapter {name} into {self.url}")
             root = self.url[: -len("/v1")] if self.url.endswith("/v1") else self.url
-            post_json(f"{root}/v1/load_lora_adapter", {"lora_name": name, "lora_path": str(Path(adapter).resolve())})
+            # (vLLM answers this route in plain text: "Success: LoRA adapter ... added successfully.")
+            post(f"{root}/v1/load_lora_adapter", {"lora_name": name, "lora_path": str(Path(adapter).resolve())})
         return Served(self.url, name)
 
     def close(self) -> None:
