@@ -240,6 +240,7 @@ def verdict_recipe(folder: Path, seeds: list[int]) -> Path:
     return path
 
 
+@pytest.mark.slow
 def test_verdicts_null_arm_within_noise_corrupted_arm_worse_one_seed_untested(tmp_path: Path) -> None:
     run_dir = tmp_path / "run"
     result = evals_cli("run", str(verdict_recipe(tmp_path, [0, 1, 2])), "--out", str(run_dir), "--profile", "tiny")
@@ -331,6 +332,7 @@ def test_a_repeated_key_in_a_training_config_is_an_error(tmp_path: Path) -> None
         TrainConfig.from_yaml(config)
 
 
+@pytest.mark.slow
 def test_an_arm_with_a_synth_step_runs_end_to_end(tmp_path: Path, monkeypatch) -> None:
     """A recipe arm whose data is judged by an LLM (datakit serve on loopback, the embedded
     SmolLM2) is built, trained and scored; the step's report is stored beside its output."""
@@ -355,6 +357,7 @@ def test_an_arm_with_a_synth_step_runs_end_to_end(tmp_path: Path, monkeypatch) -
     assert synth["figures"]["requests answered"] == 12 and synth["written"] > 0
 
 
+@pytest.mark.slow
 def test_a_killed_run_resumes_training_and_reports_what_an_uninterrupted_run_does(tmp_path: Path) -> None:
     """SIGKILL during training, after a checkpoint: the rerun continues from the checkpoint
     (it does not train from step 0 again) and its results are those of a run never killed."""
