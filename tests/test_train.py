@@ -151,6 +151,10 @@ def test_bad_settings_are_named_before_any_work(tmp_path: Path) -> None:
         TrainConfig.from_dict({"lora_rank": 8})
     with pytest.raises(ConfigError, match="template"):
         TrainConfig(data=["x"], template="zephyr")
+    with pytest.raises(ConfigError, match="train: fsdp: 'no' is not true or false"):  # (a quoted 'no' is truthy)
+        TrainConfig.from_dict({"data": ["x"], "fsdp": "no"}, where="train")
+    with pytest.raises(ConfigError, match="fsdp: True is not allowed; expected false with qlora"):
+        TrainConfig(data=["x"], method="qlora", fsdp=True)
     with pytest.raises(ConfigError, match="missing.jsonl"):
         fit(TrainConfig(data=[str(tmp_path / "missing.jsonl")], out=str(tmp_path / "o")), progress=False)
     if not torch.cuda.is_available():

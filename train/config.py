@@ -41,6 +41,8 @@ def _coerce(value: Any, type_name: str, where: str) -> Any:
     """YAML reads 1e-4 as a string (it wants 1.0e-4): accept what a user means, or name the key."""
     if value is None or isinstance(value, bool):
         return value
+    if type_name == "bool":  # a quoted "no" is a non-empty string, which Python would take as true
+        raise ConfigError(f"{where}: {shown(value)} is not true or false")
     try:
         if type_name.startswith("float"):
             number = float(value)
