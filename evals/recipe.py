@@ -160,6 +160,9 @@ def _train_values(values: dict[str, Any], where: str) -> dict[str, Any]:
         if name not in fields:
             raise RecipeError(f"{where}.{key}: unknown training setting; allowed: {', '.join(sorted(fields))}")
         out[name] = value
+    if out.get("fsdp") is True:  # accepted silently, it would only change the cache key
+        raise RecipeError(f"{where}.fsdp: each training job of evals run is one process, where FSDP shards "
+                          "nothing; shard a model too big for one device with datakit train --fsdp under torchrun")  # fmt: skip
     try:  # let the trainer's own checks name a bad value now, before any work
         TrainConfig.from_dict(out, where)
     except ConfigError as exc:  # named by its place in the recipe, whichever check found it

@@ -66,7 +66,15 @@ class ServedModels:
             self.log(f"vLLM: loading adapter {name} into {self.url}")
             root = self.url[: -len("/v1")] if self.url.endswith("/v1") else self.url
             # (vLLM answers this route in plain text: "Success: LoRA adapter ... added successfully.")
-            post(f"{root}/v1/load_lora_adapter", {"lora_name": name, "lora_path": str(Path(adapter).resolve())})
+            try:
+                post(f"{root}/v1/load_lora_adapter", {"lora_name": name, "lora_path": str(Path(adapter).resolve())})
+            except VllmError as exc:
+                if "HTTP 404" not in str(exc):
+                    raise
+                # vLLM has this route only when runtime LoRA loading is on; say how to turn it on
+                raise VllmError(f"{exc}\n  {self.url} cannot load adapters at run time: start vLLM with "
+                                f"--enable-lora and VLLM_ALLOW_RUNTIME_LORA_UPDATING=True in its environment, "
+                                f"or list this adapter with --lora-modules {name}={Path(adapter).resolve()}") from None  # fmt: skip
         return Served(self.url, name)
 
     def close(self) -> None:

@@ -136,6 +136,7 @@ def test_tiny_recipe_end_to_end_then_from_cache(tmp_path: Path) -> None:
         ({"seeds": [-1]}, "seeds"),
         ({"model": ""}, "model"),
         ({"train": {"lr": -1}}, "train.lr"),
+        ({"train": {"fsdp": True}}, "train.fsdp: each training job of evals run is one process"),
         ({"eval": {"tasks": ["heldout_loss"], "backend": "tgi"}}, "eval.backend"),
         ({"eval": {"tasks": ["heldout_loss"], "server": "localhost:8000"}}, "eval.server"),
         ({"eval": {"tasks": ["heldout_loss"], "backend": "hf", "server": "http://127.0.0.1:8000/v1"}}, "eval.server"),
@@ -167,6 +168,29 @@ def test_an_arm_vllm_cannot_serve_is_refused_with_the_vllm_backend_before_any_wo
     result = evals_cli("run", str(recipe), "--out", str(tmp_path / "run"), "--backend", "vllm")
     assert result.returncode == 1 and "arms.all: method dora cannot be served by vLLM" in result.stderr
     assert len(result.stderr.strip().splitlines()) == 1 and not (tmp_path / "run").exists()
+
+
+def test_a_users_server_that_cannot_load_adapters_is_named_with_how_to_allow_it(tmp_path: Path) -> None:
+    """eval.server pointing at a server without vLLM's runtime LoRA route (here datakit serve,
+    which has none: a real 404) says how to start vLLM so that it can load the arm's adapter."""
+    from datakit.serve import ChatModel, start
+    from datakit.vllm import VllmError
+    from evals.serving import ServedModels
+
+    adapter = tmp_path / "adapter"
+    adapter.mkdir()
+    (adapter / "adapter_config.json").write_text(json.dumps({"peft_type": "LORA", "r": 8}))
+    server, _ = start(ChatModel("smollm2-135m"), log=tmp_path / "requests.jsonl")
+    try:
+        served = ServedModels({}, "float32", tmp_path, server=server.url, log=lambda line: None)
+        assert served.get("smollm2-135m", None, "base").name == "smollm2-135m"  # the base: what it lists
+        with pytest.raises(VllmError) as error:
+            served.get("smollm2-135m", str(adapter), "arm-1")
+    finally:
+        server.shutdown()
+    message = str(error.value)
+    assert "load_lora_adapter: HTTP 404" in message and "VLLM_ALLOW_RUNTIME_LORA_UPDATING=True" in message
+    assert f"--lora-modules arm-1={adapter.resolve()}" in message
 
 
 def test_a_bad_data_row_stops_the_run_naming_file_and_line(tmp_path: Path) -> None:
