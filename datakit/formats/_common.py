@@ -134,9 +134,11 @@ def json_depth(value: Any) -> int:
     return deepest
 
 
-def check_nesting(value: Any, what: str) -> None:
+def check_nesting(value: Any, what: str | Callable[[], str]) -> None:
+    """``what`` names the value in the error (a callable: built only then, as this runs per record)."""
     if isinstance(value, (dict, list)) and json_depth(value) > MAX_NESTING:
-        raise RecordError(f"{what} is nested more than {MAX_NESTING} levels deep, more than datakit can write")
+        name = what() if callable(what) else what
+        raise RecordError(f"{name} is nested more than {MAX_NESTING} levels deep, more than datakit can write")
 
 
 def check_record_nesting(record: dict[str, Any]) -> None:
@@ -145,9 +147,9 @@ def check_record_nesting(record: dict[str, Any]) -> None:
     for key, value in record["meta"].items():
         if key == "extra" and isinstance(value, dict):
             for name, item in value.items():
-                check_nesting(item, f"field {shown(name)}")
+                check_nesting(item, lambda name=name: f"field {shown(name)}")
         else:
-            check_nesting(value, f"field {shown(key)}")
+            check_nesting(value, lambda key=key: f"field {shown(key)}")
 
 
 def optional_text(value: Any, what: str) -> str | None:
