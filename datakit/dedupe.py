@@ -437,15 +437,11 @@ class Dedupe(Step):
     def take_decision(self, decision: np.ndarray) -> None:
         self.removed_by = decision
 
+    def removals(self, start: int, count: int) -> tuple[np.ndarray, list[str]]:
+        return self.removed_by[start : start + count], [f"{stage} duplicate" for stage in self.stages]
+
     def process(self, batch: Batch) -> Processed:
-        out = Processed()
-        removed_by = self.removed_by[batch.start : batch.start + len(batch)]
-        for record, stage in zip(batch.records, removed_by.tolist(), strict=True):
-            if stage:
-                out.removed[f"{self.stages[stage - 1]} duplicate"] += 1
-            else:
-                out.records.append(record)
-        return out
+        return Processed.keeping(batch.records, *self.removals(batch.start, len(batch)))
 
     def finish(self) -> Processed:
         return Processed(side={"clusters": review_rows(self.found, self.ids)})

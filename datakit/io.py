@@ -421,9 +421,18 @@ class RowWriter:
             self._csv = csv.DictWriter(self._text, fieldnames=list(schema.keys()))
             self._csv.writeheader()
 
+    def encode(self, row: dict[str, Any]) -> bytes:
+        """A row as a JSON line, as ``write`` writes it to a .jsonl file."""
+        return orjson.dumps(row, option=orjson.OPT_APPEND_NEWLINE)
+
+    def write_encoded(self, lines: bytes, count: int) -> None:
+        """Append ``count`` rows that ``encode`` made, joined (.jsonl only)."""
+        self._stream.write(lines)
+        self.count += count
+
     def write(self, row: dict[str, Any]) -> None:
         if self.kind == "jsonl":
-            self._stream.write(orjson.dumps(row, option=orjson.OPT_APPEND_NEWLINE))
+            self._stream.write(self.encode(row))
         elif self.kind == "json":
             self._stream.write(b"\n  " if self.count == 0 else b",\n  ")
             self._stream.write(orjson.dumps(row))

@@ -10,7 +10,10 @@ records and has up to three parts:
   before deciding about one (dedupe's clusters, select's choice, synth's generations). ``scan``
   turns a batch into small tables (keys, signatures, embeddings); the executor stores them,
   partitioned into buckets by a key where the step asks (``shuffle``), and ``reduce`` reads
-  them back and decides. ``process`` then runs on a second pass over the input.
+  them back and decides. ``process`` then runs on a second pass over the input. A step that
+  only removes records (dedupe) also says which, by position (``removals``): to a JSON-lines
+  output the local executor then writes the rows it encoded on the first pass, and reads the
+  input once.
 - ``finish()``: records and side rows made at the end rather than per input record.
 
 ``scan`` and ``process`` are pure functions of a batch, so an executor may run them anywhere:
@@ -34,6 +37,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
 
+import numpy as np
 import polars as pl
 
 from datakit import formats
@@ -45,6 +49,7 @@ from datakit.record import RecordError, from_frame, to_frame
 
 BATCH_SIZE = 50_000  # records per batch: big enough for vectorised kernels, small enough to bound memory
 BUCKETS = 16  # partitions of a shuffled table; reduce holds one at a time
+ENCODED_ROWS = "_encoded_rows"  # the table of output rows encoded while scanning (see only_removes)
 
 
 @dataclass
@@ -73,6 +78,17 @@ class Processed:
     removed: Counter = field(default_factory=Counter)  # reason -> records not written
     figures: Counter = field(default_factory=Counter)  # step-specific counts, summed over batches
     created: int = 0  # how many of ``records`` the step made (rather than passed on)
+
+    @classmethod
+    def keeping(cls, records: list[dict[str, Any]], codes: np.ndarray, reasons: list[str]) -> Processed:
+        """The records whose code is 0; the others removed for ``reasons[code - 1]``."""
+        out = cls()
+        for record, code in zip(records, codes.tolist(), strict=True):
+            if code:
+                out.removed[reasons[code - 1]] += 1
+            else:
+                out.records.append(record)
+        return out
 
 
 @dataclass
@@ -185,6 +201,17 @@ class Step:
 
     def finish(self) -> Processed:
         return Processed()
+
+    def removals(self, start: int, count: int) -> tuple[np.ndarray, list[str]]:
+        """For a step that only removes records and changes none (dedupe), after ``reduce``: a
+        code for each record at positions [start, start + count), 0 where it is kept, else k for
+        the k-th of the reasons returned with them. The local executor then writes the output
+        from the rows it encoded while scanning instead of reading the input a second time."""
+        raise NotImplementedError
+
+    @classmethod
+    def only_removes(cls) -> bool:
+        return cls.removals is not Step.removals
 
     def decision(self) -> Any:
         """What ``process`` needs from ``reduce``: an executor that runs ``process`` in other
@@ -366,13 +393,45 @@ class Sink:
             try:
                 self.main.write(self.target.write(record, self.options))
             except RecordError as exc:
-                raise StepError(f"record {record.get('id')} cannot be written as {self.target.NAME}: {exc}") from None
+                raise StepError(self._cannot_write(record, exc)) from None
         for name, rows in processed.side.items():
             if name in self.side:
                 for row in rows:
                     self.side[name].write(row)
             elif name in self.side_rows:
                 self.side_rows[name].extend(rows)
+
+    def takes_encoded(self) -> bool:
+        """Whether the output is JSON lines, which ``encode`` can make ahead of time."""
+        return self.main is not None and self.main.kind == "jsonl"
+
+    def encode(self, records: list[dict[str, Any]]) -> pl.DataFrame:
+        """The output rows of these records as JSON lines (``row``), or why a record cannot be
+        written (``error``: raised only if the record is kept)."""
+        rows, errors = [], []
+        for record in records:
+            try:
+                rows.append(self.main.encode(self.target.write(record, self.options)))
+                errors.append(None)
+            except RecordError as exc:
+                rows.append(None)
+                errors.append(self._cannot_write(record, exc))
+        return pl.DataFrame({"row": pl.Series(rows, dtype=pl.Binary), "error": pl.Series(errors, dtype=pl.String)})
+
+    def write_encoded(self, rows: pl.DataFrame, codes: np.ndarray, reasons: list[str]) -> tuple[int, Counter]:
+        """Write the rows ``encode`` made whose code is 0 (see Step.removals): (written, removed
+        by reason)."""
+        kept = rows.filter(pl.Series(codes == 0))
+        for error in kept["error"].drop_nulls():
+            raise StepError(error)
+        self.main.write_encoded(b"".join(kept["row"].to_list()), kept.height)
+        removed = Counter()
+        for code, n in zip(*np.unique(codes[codes > 0], return_counts=True), strict=True):
+            removed[reasons[code - 1]] = int(n)
+        return kept.height, removed
+
+    def _cannot_write(self, record: dict[str, Any], exc: Exception) -> str:
+        return f"record {record.get('id')} cannot be written as {self.target.NAME}: {exc}"
 
     def close(self, ok: bool) -> None:
         """Move every file into place (ok) or drop them all (a failure leaves no partial output).
@@ -411,17 +470,37 @@ class LocalExecutor:
         self.batch_size = batch_size
 
     def execute(self, step: Step, source: Source, sink: Sink, report: Report, from_format, read_options) -> None:
-        if step.is_global():
-            tmp = scratch(self.workdir, f"{step.name}-tables-", folder=True)
-            try:
-                tables = Tables(tmp, step.shuffle)
-                _, batches = read_batches(source, from_format, read_options, self.batch_size)
-                for batch in batches:
-                    for name, frame in step.scan(batch).items():
-                        tables.write(name, frame, f"{batch.start:012d}")
-                step.reduce(tables)
-            finally:
-                shutil.rmtree(tmp, ignore_errors=True)
+        if not step.is_global():
+            self._process(step, source, sink, report, from_format, read_options)
+            return
+        tmp = scratch(self.workdir, f"{step.name}-tables-", folder=True)
+        try:
+            tables = Tables(tmp, step.shuffle)
+            # A step that only removes records (dedupe) gets its output from this one pass: each
+            # row is encoded here, kept beside the step's tables, and copied out if reduce keeps it.
+            encoded = step.only_removes() and sink.takes_encoded()
+            not_records = report.rows_not_records if encoded else None
+            _, batches = read_batches(source, from_format, read_options, self.batch_size, not_records)
+            for batch in batches:
+                for name, frame in step.scan(batch).items():
+                    tables.write(name, frame, f"{batch.start:012d}")
+                if encoded:
+                    tables.write(ENCODED_ROWS, sink.encode(batch.records), f"{batch.start:012d}")
+            step.reduce(tables)
+            if encoded:
+                for path in sorted((tmp / ENCODED_ROWS).glob("*.parquet")):
+                    rows = pl.read_parquet(path)
+                    codes, reasons = step.removals(int(path.stem), rows.height)
+                    written, removed = sink.write_encoded(rows, codes, reasons)
+                    report.read += rows.height
+                    report.add(Processed(removed=removed))
+                    report.written += written
+                return
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+        self._process(step, source, sink, report, from_format, read_options)
+
+    def _process(self, step: Step, source: Source, sink: Sink, report: Report, from_format, read_options) -> None:
         _, batches = read_batches(source, from_format, read_options, self.batch_size, report.rows_not_records)
         for batch in batches:
             report.read += len(batch)

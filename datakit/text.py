@@ -154,11 +154,14 @@ def _deletions(word: str) -> frozenset[str]:
     return frozenset(found)
 
 
-def _near(a: str, b: str) -> bool:
-    """A typo apart (the two share a string after deleting a character or two from each);
-    numbers must be equal."""
-    if any(c.isdigit() for c in a) or any(c.isdigit() for c in b):
-        return a == b
+_DIGIT = re.compile(r"\d").search  # a value with a digit is a number (see VALUE_PATTERN)
+
+
+def _typo_apart(a: str, b: str) -> bool:
+    """Whether two names share a string after deleting a character or two from each."""
+    # the deletions of a word of length n are n - 2 (n - 1 under 6 characters) to n long
+    if len(a) - (2 if len(a) >= 6 else 1) > len(b) or len(b) - (2 if len(b) >= 6 else 1) > len(a):
+        return False
     return not _deletions(a).isdisjoint(_deletions(b))
 
 
@@ -185,13 +188,19 @@ class ValueGuard:
         only_j = self._values[j] - self._values[i]
         if not only_j:
             return None  # values only added or removed (a truncation, a template): not swapped
-        numbers_i = [v for v in only_i if any(c.isdigit() for c in v)]
-        numbers_j = [v for v in only_j if any(c.isdigit() for c in v)]
+        numbers_i = [v for v in only_i if _DIGIT(v)]
+        numbers_j = [v for v in only_j if _DIGIT(v)]
         if numbers_i and numbers_j:
             return f"numbers differ: {', '.join(sorted(numbers_i)[:3])} / {', '.join(sorted(numbers_j)[:3])}"
-        names_i = [v for v in only_i if v not in numbers_i and not any(_near(v, u) for u in only_j)]
-        names_j = [v for v in only_j if v not in numbers_j and not any(_near(v, u) for u in only_i)]
-        if names_i and names_j:
+        # a name counts as swapped when no name on the other side is a typo of it (numbers must
+        # be equal, so they are never a typo of a name)
+        others_j = only_j.difference(numbers_j)
+        names_i = [v for v in only_i.difference(numbers_i) if not any(_typo_apart(v, u) for u in others_j)]
+        if not names_i:
+            return None
+        others_i = only_i.difference(numbers_i)
+        names_j = [v for v in others_j if not any(_typo_apart(v, u) for u in others_i)]
+        if names_j:
             return f"names differ: {', '.join(sorted(names_i)[:3])} / {', '.join(sorted(names_j)[:3])}"
         return None
 

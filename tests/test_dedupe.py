@@ -247,6 +247,34 @@ def test_streaming_clusters_equal_the_in_memory_reference(case: str, tmp: Path) 
     assert clusters.read_text() == (REFERENCE / f"clusters_{case}.jsonl").read_text()
 
 
+def test_json_lines_written_from_the_scan_equal_the_records_read_again(tmp: Path) -> None:
+    """A JSONL output is written from rows encoded during the scan (the input is read once);
+    any other output reads the input a second time. Both must hold the same records."""
+    from datakit.pipeline import LocalExecutor
+
+    once = datakit.run("dedupe", REFERENCE / "mixed.jsonl", tmp / "out.jsonl", executor=LocalExecutor(batch_size=97))
+    twice = datakit.run("dedupe", REFERENCE / "mixed.jsonl", tmp / "out.json", executor=LocalExecutor(batch_size=97))
+    rows = [json.loads(line) for line in (tmp / "out.jsonl").read_text().splitlines()]
+    assert rows == json.loads((tmp / "out.json").read_text())
+    for key in ("read", "written", "removed", "rows_not_records", "figures", "notes"):
+        assert getattr(once.report, key) == getattr(twice.report, key)
+    assert 0 < len(rows) < once.report.read
+
+
+def test_a_record_that_cannot_be_written_fails_only_when_it_is_kept(tmp: Path) -> None:
+    """Tool schemas have no place in Alpaca; a record with them is an error only if it is
+    written, not when dedupe removes it as a copy of one without them."""
+    plain = {"conversations": [{"from": "human", "value": "Say hi."}, {"from": "gpt", "value": "Hi!"}]}
+    with_tools = {**plain, "tools": '[{"name": "wave", "description": "Wave.", "parameters": {}}]'}
+    kept_plain = write_jsonl(tmp / "plain_first.jsonl", [plain, with_tools])
+    report = datakit.run("dedupe", kept_plain, tmp / "out.jsonl", to="alpaca").report
+    assert report.written == 1 and report.removed == {"exact duplicate": 1}
+    kept_tools = write_jsonl(tmp / "tools_first.jsonl", [with_tools, plain])
+    with pytest.raises(StepError, match=r"record \w+ cannot be written as alpaca: .*tool"):
+        datakit.run("dedupe", kept_tools, tmp / "out2.jsonl", to="alpaca")
+    assert not (tmp / "out2.jsonl").exists()
+
+
 def test_records_in_memory_give_the_same_clusters_as_a_file(tmp: Path) -> None:
     records = list(datakit.read_records(REFERENCE / "mixed.jsonl"))
     result = datakit.run("dedupe", records)

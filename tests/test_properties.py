@@ -149,3 +149,30 @@ def test_random_bytes_lines_are_all_accounted_for(lines: list[bytes], tmp_path_f
     )
     assert summary.rows_read == sum(1 for line in lines if line.strip())
     assert summary.rows_read == summary.rows_converted + summary.rows_rejected + summary.rows_skipped
+
+
+# --- dedupe's kernels against their plain definitions ---------------------------------------
+
+words = st.text("abcdeé", min_size=1, max_size=9)
+
+
+@settings(max_examples=400, deadline=None)
+@given(a=words, b=words)
+def test_two_names_are_a_typo_apart_exactly_when_they_share_a_deletion(a: str, b: str) -> None:
+    """The value guard's shortcut (names whose lengths differ too much share no deletion) may
+    not change its answer."""
+    from datakit.text import _deletions, _typo_apart
+
+    assert _typo_apart(a, b) == (not _deletions(a).isdisjoint(_deletions(b)))
+
+
+@settings(max_examples=100, deadline=None)
+@given(pairs=st.lists(st.tuples(st.integers(0, 40), st.integers(0, 40)).filter(lambda p: p[0] != p[1]), max_size=60))
+def test_candidate_pairs_are_made_distinct_and_sorted(pairs: list[tuple[int, int]]) -> None:
+    import numpy as np
+
+    from datakit.minhash import unique_pairs
+
+    expected = sorted({(min(p), max(p)) for p in pairs})
+    got = unique_pairs(np.array(pairs, dtype=np.int64).reshape(-1, 2))
+    assert [tuple(p) for p in got.tolist()] == expected
