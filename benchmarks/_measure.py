@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 import time
@@ -23,9 +24,11 @@ def tree_rss_mb(pid: int) -> float:
     return total / 1024
 
 
-def run_process(code: str, *args: str) -> tuple[str, float]:
-    """(stdout of ``python -c code args``, peak resident MB over its process tree, sampled every 50 ms)."""
-    proc = subprocess.Popen([sys.executable, "-c", code, *args], stdout=subprocess.PIPE, text=True)
+def run_process(code: str, *args: str, env: dict[str, str] | None = None) -> tuple[str, float]:
+    """(stdout of ``python -c code args``, peak resident MB over its process tree, sampled every
+    50 ms); ``env`` adds to the environment."""
+    environment = {**os.environ, **(env or {})}
+    proc = subprocess.Popen([sys.executable, "-c", code, *args], stdout=subprocess.PIPE, text=True, env=environment)
     peak = 0.0
     while proc.poll() is None:
         peak = max(peak, tree_rss_mb(proc.pid))

@@ -73,6 +73,7 @@ import datakit
 start = time.perf_counter()
 report = datakit.run("dedupe", sys.argv[1], sys.argv[2]).report
 print(report.text(), file=sys.stderr)
+print(" ".join(f"{name}={seconds:.3f}" for name, seconds in report.phases.items()))
 print(time.perf_counter() - start)
 """
 
@@ -83,6 +84,48 @@ from datakit.dedupe import dedupe
 start = time.perf_counter()
 print(dedupe(sys.argv[1], sys.argv[2]).text(), file=sys.stderr)
 print(time.perf_counter() - start)
+"""
+
+# The CPU cost of each part of a dedupe per record, one thread each (POLARS_MAX_THREADS and
+# NUMBA_NUM_THREADS are 1 in this process): what a records/s target asks of the machine.
+BUDGET = r"""
+import itertools, sys, tempfile, time
+from pathlib import Path
+import polars as pl
+from datakit import minhash
+from datakit.convert import open_records
+from datakit.dedupe import DedupeConfig
+from datakit.formats import Read
+from datakit.pipeline import Sink
+from datakit.text import EXACT_SEED, TOKEN_SEED, VALUE_PATTERN, WORD_PATTERN, Texts, record_text
+
+count = int(sys.argv[2])
+parts = {}
+def cpu(name, work):
+    start = time.process_time()
+    out = work()
+    parts[name] = time.process_time() - start
+    return out
+
+_, _, outcomes = open_records(sys.argv[1])
+records = cpu("read Alpaca JSON lines into canonical records", lambda: [
+    o.record for o in itertools.islice((o for o in outcomes if isinstance(o, Read)), count)])
+raw = cpu("join each record's texts", lambda: pl.Series([record_text(r) for r in records]))
+normal = cpu("text: NFKC", lambda: raw.str.normalize("NFKC"))
+lower = cpu("text: lower case", lambda: normal.str.to_lowercase())
+cpu("text: exact key (whitespace, hash)", lambda: lower.str.replace_all(r"\s+", " ").str.strip_chars().hash(EXACT_SEED))
+cpu("text: word tokens (hashed)", lambda: lower.str.extract_all(WORD_PATTERN).list.eval(pl.element().hash(TOKEN_SEED)))
+cpu("text: values for the guard", lambda: normal.str.extract_all(VALUE_PATTERN))
+texts = Texts.of(raw)
+minhash.signatures(*minhash.shingle_hashes(["load the compiled kernels first"]))  # not timed
+hashes, offsets = cpu("shingles", lambda: minhash.shingle_hashes(texts))
+cpu("MinHash signatures, band keys", lambda: minhash.band_keys(minhash.signatures(hashes, offsets), minhash.choose_lsh_params(DedupeConfig().jaccard)))
+with tempfile.TemporaryDirectory() as folder:
+    sink = Sink(Path(folder) / "out.jsonl", "alpaca", {})
+    cpu("encode output rows", lambda: sink.encode(records))
+    sink.close(False)
+for name, seconds in parts.items():
+    print(f"{name}={seconds / len(records) * 1e6:.1f}")
 """
 
 RAY = r"""
@@ -101,6 +144,29 @@ def measure(code: str, *args: str) -> tuple[float, float]:
     return float(out.strip().splitlines()[-1]), peak_mb / 1024
 
 
+def split(phases: str, records: int) -> str:
+    """The local run's phases ("scan=1.5 reduce=0.4 ...") in seconds and in wall time per record:
+    where the time goes, phase by phase, at this size."""
+    parts = [p.split("=") for p in phases.split()]
+    return ", ".join(f"{name} {float(s):.0f} s ({float(s) / records * 1e6:.0f} us/record)" for name, s in parts)
+
+
+def budget(work: Path, records: int) -> None:
+    """The CPU time per record of each part of a dedupe, one thread each, beside what the target
+    of 20k records/s on 2 cores allows (100 us of CPU a record, for everything)."""
+    data = work / "scale_1000000.jsonl"
+    if not data.exists():
+        write_records(data, 1_000_000)
+    threads = {"POLARS_MAX_THREADS": "1", "NUMBA_NUM_THREADS": "1"}
+    out, _ = run_process(BUDGET, str(data), str(records), env=threads)
+    rows = [line.rsplit("=", 1) for line in out.strip().splitlines()]
+    print(f"CPU time per record, one thread, first {records:,} records of {data.name}:")
+    for name, us in rows:
+        print(f"  {float(us):>7.1f} us  {name}")
+    total = sum(float(us) for _, us in rows)
+    print(f"  {total:>7.1f} us  in all, before reduce and write; 20k records/s on 2 cores allows 100 us")
+
+
 def _clusters(output: Path) -> Path:
     return output.with_name(output.name + ".clusters.jsonl")
 
@@ -110,6 +176,7 @@ def main() -> None:
     parser.add_argument("--records", default="1000000,10000000", help="sizes, comma-separated")
     parser.add_argument("--ray", type=int, default=0, help="also run this many records on a 2-node Ray cluster")
     parser.add_argument("--workdir", default="/tmp/datakit-bench")
+    parser.add_argument("--budget", type=int, default=0, help="CPU time per record of each part, on this many records")
     parser.add_argument("--before", default=None, help="a checkout of commit 69243d6 to compare with (<= 1M records)")
     args = parser.parse_args()
     work = Path(args.workdir)
@@ -122,7 +189,9 @@ def main() -> None:
         if not data.exists():
             write_records(data, size)
         out = work / f"scale_{size}.out.jsonl"
-        seconds, peak = measure(LOCAL, str(data), str(out))
+        printed, peak_mb = run_process(LOCAL, str(data), str(out))
+        lines = printed.strip().splitlines()
+        phases, seconds, peak = lines[-2], float(lines[-1]), peak_mb / 1024
         was = "-"
         if args.before and size <= 1_000_000:
             old = work / f"scale_{size}.before.jsonl"
@@ -130,6 +199,9 @@ def main() -> None:
             same = all(a.read_bytes() == b.read_bytes() for a, b in ((out, old), (_clusters(out), _clusters(old))))
             was = f"{old_s:.0f} s, {size / old_s:,.0f} records/s, {old_gb:.2f} GB; same output and clusters: {same}"
         print(f"{size:>12,}{seconds:>10.0f}{size / seconds:>12,.0f}{peak:>9.2f}   {was}", flush=True)
+        print(f"{'':>12}phases: {split(phases, size)}", flush=True)
+    if args.budget:
+        budget(work, args.budget)
     if args.ray:
         import sys as _sys
 

@@ -33,6 +33,7 @@ import shutil
 import time
 from collections import Counter
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
@@ -123,6 +124,18 @@ class Report:
     notes: list[str] = field(default_factory=list)
     stopped: str | None = None  # why the step stopped early (a synth budget), if it did
     seconds: float = 0.0
+    # where the time went, by phase in the order run (scan, reduce, write, finish): a slow run
+    # says which part to look at, and a benchmark can print the split
+    phases: dict[str, float] = field(default_factory=dict)
+
+    @contextmanager
+    def phase(self, name: str) -> Iterator[None]:
+        """Adds the time spent in the ``with`` block to phase ``name``."""
+        started = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.phases[name] = self.phases.get(name, 0.0) + time.perf_counter() - started
 
     def add(self, processed: Processed) -> None:
         self.written += len(processed.records)
@@ -160,7 +173,8 @@ class Report:
             lines.append(f"{name}: {path}")
         if self.stopped:
             lines.append(f"stopped early: {self.stopped}; run again to continue (answers are cached)")
-        lines.append(f"time: {self.seconds:.1f}s")
+        shown = [f"{name} {seconds:.1f}s" for name, seconds in self.phases.items() if seconds >= 0.05]
+        lines.append(f"time: {self.seconds:.1f}s" + (f" ({', '.join(shown)})" if len(shown) > 1 else ""))
         return "\n".join(lines)
 
 
@@ -481,20 +495,23 @@ class LocalExecutor:
             encoded = step.only_removes() and sink.takes_encoded()
             not_records = report.rows_not_records if encoded else None
             _, batches = read_batches(source, from_format, read_options, self.batch_size, not_records)
-            for batch in batches:
-                for name, frame in step.scan(batch).items():
-                    tables.write(name, frame, f"{batch.start:012d}")
-                if encoded:
-                    tables.write(ENCODED_ROWS, sink.encode(batch.records), f"{batch.start:012d}")
-            step.reduce(tables)
+            with report.phase("scan"):  # reading the input is part of it
+                for batch in batches:
+                    for name, frame in step.scan(batch).items():
+                        tables.write(name, frame, f"{batch.start:012d}")
+                    if encoded:
+                        tables.write(ENCODED_ROWS, sink.encode(batch.records), f"{batch.start:012d}")
+            with report.phase("reduce"):
+                step.reduce(tables)
             if encoded:
-                for path in sorted((tmp / ENCODED_ROWS).glob("*.parquet")):
-                    rows = pl.read_parquet(path)
-                    codes, reasons = step.removals(int(path.stem), rows.height)
-                    written, removed = sink.write_encoded(rows, codes, reasons)
-                    report.read += rows.height
-                    report.add(Processed(removed=removed))
-                    report.written += written
+                with report.phase("write"):
+                    for path in sorted((tmp / ENCODED_ROWS).glob("*.parquet")):
+                        rows = pl.read_parquet(path)
+                        codes, reasons = step.removals(int(path.stem), rows.height)
+                        written, removed = sink.write_encoded(rows, codes, reasons)
+                        report.read += rows.height
+                        report.add(Processed(removed=removed))
+                        report.written += written
                 return
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
@@ -502,11 +519,12 @@ class LocalExecutor:
 
     def _process(self, step: Step, source: Source, sink: Sink, report: Report, from_format, read_options) -> None:
         _, batches = read_batches(source, from_format, read_options, self.batch_size, report.rows_not_records)
-        for batch in batches:
-            report.read += len(batch)
-            processed = step.process(batch)
-            report.add(processed)
-            sink.write(processed)
+        with report.phase("process"):
+            for batch in batches:
+                report.read += len(batch)
+                processed = step.process(batch)
+                report.add(processed)
+                sink.write(processed)
 
 
 def run(
@@ -563,9 +581,10 @@ def run(
     ok = False
     try:
         (executor or LocalExecutor()).execute(instance, input, sink, report, input_format, read_options)
-        finished = instance.finish()
-        report.add(finished)
-        sink.write(finished)
+        with report.phase("finish"):
+            finished = instance.finish()
+            report.add(finished)
+            sink.write(finished)
         ok = True
     finally:
         sink.close(ok)

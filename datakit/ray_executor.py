@@ -109,7 +109,8 @@ class RayExecutor:
         shared = scratch(self.workdir, f"{step.name}-ray-", folder=True)
         actors: list[Any] = []
         try:
-            shards = self._ingest(source, from_format, read_options, shared / "input", report.rows_not_records)
+            with report.phase("ingest"):  # the input read once, into Parquet shards the workers share
+                shards = self._ingest(source, from_format, read_options, shared / "input", report.rows_not_records)
             cpus = max(1, math.floor(ray.cluster_resources().get("CPU", 1)))
             worker = _worker_class(ray)
             actors = [worker.remote(type(step), step.config, step.paths) for _ in range(min(cpus, len(shards)))]
@@ -123,14 +124,17 @@ class RayExecutor:
             pool = ActorPool(actors)
             if step.is_global():
                 tables_root = str(shared / "tables")
-                list(pool.map(lambda actor, shard: actor.scan.remote(shard[0], shard[1], tables_root), shards))
-                step.reduce(Tables(tables_root, step.shuffle))
-                decision = ray.put(step.decision())
-                ray.get([actor.take.remote(decision) for actor in actors])
-            for count, processed in pool.map(lambda actor, shard: actor.process.remote(*shard), shards):
-                report.read += count
-                report.add(processed)
-                sink.write(processed)
+                with report.phase("scan"):
+                    list(pool.map(lambda actor, shard: actor.scan.remote(shard[0], shard[1], tables_root), shards))
+                with report.phase("reduce"):
+                    step.reduce(Tables(tables_root, step.shuffle))
+                    decision = ray.put(step.decision())
+                    ray.get([actor.take.remote(decision) for actor in actors])
+            with report.phase("process"):
+                for count, processed in pool.map(lambda actor, shard: actor.process.remote(*shard), shards):
+                    report.read += count
+                    report.add(processed)
+                    sink.write(processed)
         except ray.exceptions.RayTaskError as exc:  # a worker's error: the user's, or a bug, as if local
             cause = getattr(exc, "cause", None)
             raise (cause if isinstance(cause, DatakitError) else exc) from None

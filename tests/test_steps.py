@@ -134,6 +134,19 @@ def test_the_report_accounts_for_every_record_or_says_it_is_a_bug() -> None:
     }
 
 
+def test_a_global_step_says_where_its_time_went(tmp_path: Path) -> None:
+    """dedupe reads and scans, reduces, writes and finishes: each phase is timed, the phases add
+    up to no more than the whole, and the printed time splits into them."""
+    report = datakit.run("dedupe", ALPACA, tmp_path / "out.jsonl").report
+    assert list(report.phases) == ["scan", "reduce", "write", "finish"]
+    assert all(seconds >= 0 for seconds in report.phases.values())
+    assert sum(report.phases.values()) <= report.seconds
+    report.phases = {"scan": 12.34, "reduce": 5.0, "write": 2.0, "finish": 0.01}
+    assert report.text().endswith(f"time: {report.seconds:.1f}s (scan 12.3s, reduce 5.0s, write 2.0s)")
+    report.phases = {"process": report.seconds}  # one phase: the total says it all
+    assert report.text().endswith(f"time: {report.seconds:.1f}s")
+
+
 @pytest.mark.parametrize("step", ["filter", "dedupe"])
 def test_rows_a_reader_leaves_out_are_counted_in_a_steps_report(step: str, tmp_path: Path) -> None:
     """P3 score_eval rows with a wrong answer are skipped by the reader: a step's report counts
