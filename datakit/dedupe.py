@@ -34,7 +34,7 @@ from datakit.errors import OptionError
 from datakit.options import StepConfig, option
 from datakit.pipeline import Batch, Processed, SideOutput, Step, Tables, register
 from datakit.record import meta_scores, to_frame
-from datakit.text import ON_CHOICES, Texts, ValueGuard, record_text
+from datakit.text import ON_CHOICES, Texts, ValueGuard, guard_values, record_text
 
 METHODS = {"exact": ("exact",), "minhash": ("exact", "minhash"), "semantic": ("exact", "semantic"),
            "all": ("exact", "minhash", "semantic")}  # fmt: skip
@@ -369,13 +369,14 @@ class Dedupe(Step):
                 "id": [r["id"] for r in batch.records],
                 "exact_key": texts.column("exact_key"),
                 "exact_length": texts.column("exact_length"),
-                "length": pl.Series(raw, dtype=pl.String).str.len_chars(),
-                "values": texts.column("values"),
+                "length": texts.raw.str.len_chars(),
             }
         )
         if config.keep.startswith("score:"):
             records = records.with_columns(score=pl.Series(meta_scores(to_frame(batch.records), config.keep[6:])))
         tables = {"records": records}
+        if config.value_guard and self.stages != ("exact",):  # the guard reads the texts of pairs
+            tables["texts"] = pl.DataFrame({"position": position, "text": texts.raw})
         if "minhash" in self.stages:
             hashes, offsets = minhash.shingle_hashes(texts, config.ngram)
             texts.drop_words()
@@ -403,11 +404,16 @@ class Dedupe(Step):
         self.removed_by = np.zeros(n, dtype=np.int8)
 
         def values(positions: np.ndarray) -> list:
-            """The value guard's values of these records (read from disk: only pairs need them)."""
+            """The value guard's values of these records (sorted positions), found now: only records
+            in pairs need them. Their texts are read a part at a time, to hold one batch of texts."""
             wanted = np.zeros(n, dtype=bool)
             wanted[positions] = True
-            frame = tables.scan("records").select("position", "values").filter(_alive(wanted)).sort("position")
-            return frame.collect()["values"].to_list()
+            found, order = [], []
+            for part in tables.each_part("texts"):
+                frame = part.filter(_alive(wanted)).collect()
+                found.extend(guard_values(frame["text"]))
+                order.append(frame["position"].to_numpy())
+            return [found[i] for i in np.argsort(np.concatenate(order), kind="stable")] if found else []
 
         keys = records.select("position", "exact_key", "exact_length")
         for number, stage in enumerate(self.stages, 1):

@@ -84,7 +84,7 @@ def permutations(num_perm: int = 128, seed: int = 1) -> tuple[np.ndarray, np.nda
 # --- shingles -------------------------------------------------------------------------
 
 
-@numba.njit(cache=True)
+@numba.njit(cache=True, nogil=True)
 def _shingles(words: np.ndarray, offsets: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
     n_docs = offsets.shape[0] - 1
     out_offsets = np.zeros(n_docs + 1, dtype=np.int64)
@@ -131,7 +131,7 @@ def fmix32(values: np.ndarray) -> np.ndarray:
     return v
 
 
-@numba.njit(parallel=True, cache=True)
+@numba.njit(parallel=True, cache=True, nogil=True)
 def _signatures(mixed: np.ndarray, offsets: np.ndarray, a: np.ndarray, b: np.ndarray) -> np.ndarray:
     n_docs = offsets.shape[0] - 1
     num_perm = a.shape[0]

@@ -29,14 +29,16 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import queue
 import shutil
+import threading
 import time
 from collections import Counter
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import closing, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any, ClassVar, TypeVar
 
 import numpy as np
 import polars as pl
@@ -325,6 +327,11 @@ class Tables:
         files = sorted((self.root / name).glob("**/*.parquet"))
         return pl.scan_parquet(files) if files else None
 
+    def each_part(self, name: str) -> Iterator[pl.LazyFrame]:
+        """Each part of an unshuffled table on its own (one batch's rows), to hold one at a time."""
+        for path in sorted((self.root / name).glob("*.parquet")):
+            yield pl.scan_parquet(path)
+
     def each_bucket(self, name: str) -> Iterator[pl.LazyFrame]:
         for folder in sorted((self.root / name).glob("bucket=*")):
             yield pl.scan_parquet(sorted(folder.glob("*.parquet")))
@@ -380,6 +387,53 @@ def read_batches(
             yield Batch(records, start, locations)
 
     return fmt, batches()
+
+
+T = TypeVar("T")
+
+
+def read_ahead(items: Iterator[T]) -> Iterator[T]:
+    """The items of ``items``, each made in a background thread while the caller works on the
+    one before. Reading and encoding records is Python that holds the GIL; a scan's text passes
+    (polars) and signatures (numba) release it, so on two cores the two overlap. One item is made
+    ahead, so memory grows by one batch. An error raised making an item is raised here, at that
+    item; a caller that stops (an error, Ctrl-C) stops the thread at its next item."""
+    ahead: queue.Queue = queue.Queue(maxsize=1)
+    stop = threading.Event()
+    end = object()
+
+    def put(entry: tuple[Any, BaseException | None]) -> bool:
+        while not stop.is_set():
+            try:
+                ahead.put(entry, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def produce() -> None:
+        try:
+            for item in items:
+                if not put((item, None)):
+                    return
+            put((end, None))
+        except BaseException as exc:  # handed to the caller, who raises it
+            put((end, exc))
+        finally:
+            getattr(items, "close", lambda: None)()  # a generator's files close in the thread that ran it
+
+    thread = threading.Thread(target=produce, name="datakit-read-ahead", daemon=True)
+    thread.start()
+    try:
+        while True:
+            item, error = ahead.get()
+            if error is not None:
+                raise error
+            if item is end:
+                return
+            yield item
+    finally:
+        stop.set()
 
 
 class Sink:
@@ -475,7 +529,8 @@ class Result:
 
 class LocalExecutor:
     """Runs a step in this process: batches stream from the input, a global step's tables go
-    to a temporary folder on disk, and only ``reduce`` holds more than a batch."""
+    to a temporary folder on disk, and only ``reduce`` holds more than a batch. While a global
+    step scans one batch, a thread reads (and encodes) the next (read_ahead)."""
 
     name = "local"
 
@@ -495,12 +550,14 @@ class LocalExecutor:
             encoded = step.only_removes() and sink.takes_encoded()
             not_records = report.rows_not_records if encoded else None
             _, batches = read_batches(source, from_format, read_options, self.batch_size, not_records)
-            with report.phase("scan"):  # reading the input is part of it
-                for batch in batches:
+            # the next batch is read (and encoded) in a thread while this one is scanned
+            read = read_ahead((batch, sink.encode(batch.records) if encoded else None) for batch in batches)
+            with closing(read), report.phase("scan"):  # reading the input is part of it
+                for batch, rows in read:
                     for name, frame in step.scan(batch).items():
                         tables.write(name, frame, f"{batch.start:012d}")
                     if encoded:
-                        tables.write(ENCODED_ROWS, sink.encode(batch.records), f"{batch.start:012d}")
+                        tables.write(ENCODED_ROWS, rows, f"{batch.start:012d}")
             with report.phase("reduce"):
                 step.reduce(tables)
             if encoded:

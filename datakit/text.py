@@ -69,10 +69,11 @@ class Texts:
 
     - ``exact_key``, ``exact_length``: hash and length of ``lower`` with whitespace collapsed
       (the exact stage's key);
-    - word hashes (WORD_PATTERN tokens of the NFKC, lower-cased text) for MinHash shingles;
-    - ``values``: numbers and capitalised names, lower-cased, for the value guard.
+    - word hashes (WORD_PATTERN tokens of the NFKC, lower-cased text) for MinHash shingles.
 
-    Only these are kept (not the normalised strings), to hold a million texts in memory.
+    Only these are kept (not the normalised strings), to hold a million texts in memory. The
+    value guard's values are not among them: only records in a similar pair need them (a fifth
+    of a typical set), so ``guard_values`` finds them for those records alone.
 
     Hashes come from polars: fast and seeded, stable within one polars version. A dedupe run
     compares them within the run only (its scan tables are temporary); the Ray executor checks
@@ -99,7 +100,6 @@ class Texts:
                 exact_key=pl.col("exact").hash(EXACT_SEED),
                 exact_length=pl.col("exact").str.len_bytes(),
                 words=pl.col("lower").str.extract_all(WORD_PATTERN).list.eval(pl.element().hash(TOKEN_SEED)),
-                values=pl.col("original").str.extract_all(VALUE_PATTERN).list.eval(pl.element().str.to_lowercase()),
             )
             .collect(engine="streaming")
         )
@@ -118,7 +118,7 @@ class Texts:
         return Texts(self._raw, self._frame, self.index[index], self.shared)
 
     def column(self, name: str) -> pl.Series:
-        """exact_key, exact_length or values, for the texts of this view."""
+        """exact_key or exact_length, for the texts of this view."""
         return self._frame[name].gather(self.index)
 
     @property
@@ -142,6 +142,18 @@ class Texts:
 
 # A value is a number (a token with a digit) or a name (a capitalised word: "France").
 VALUE_PATTERN = r"\w*\d\w*|\b\p{Lu}[\p{Ll}\p{Lt}\p{Lm}\p{Lo}\p{Mn}]+\b"
+
+
+def guard_values(texts: pl.Series | list[str]) -> list[list[str]]:
+    """Each text's values for ValueGuard: its numbers and names, found in the NFKC text, lower-cased."""
+    series = pl.Series("text", texts, dtype=pl.String).fill_null("")
+    values = (
+        pl.col("text").str.normalize("NFKC").str.extract_all(VALUE_PATTERN).list.eval(pl.element().str.to_lowercase())
+    )
+    # one query per core: polars runs this expression (list.eval) on one thread otherwise
+    size = max(1, -(-len(series) // pl.thread_pool_size()))
+    parts = pl.collect_all([pl.LazyFrame([series.slice(i, size)]).select(values) for i in range(0, len(series), size)])
+    return [v for part in parts for v in part["text"].to_list()]
 
 
 @functools.lru_cache(maxsize=1 << 16)
@@ -207,4 +219,4 @@ class ValueGuard:
 
 def changed_values(a: str, b: str) -> str | None:
     """ValueGuard for one pair of texts."""
-    return ValueGuard(Texts.of([a, b]).column("values").to_list()).differ(0, 1)
+    return ValueGuard(guard_values([a, b])).differ(0, 1)

@@ -9,6 +9,8 @@ import os
 import stat
 import subprocess
 import sys
+import threading
+from contextlib import closing
 from pathlib import Path
 
 import pytest
@@ -145,6 +147,36 @@ def test_a_global_step_says_where_its_time_went(tmp_path: Path) -> None:
     assert report.text().endswith(f"time: {report.seconds:.1f}s (scan 12.3s, reduce 5.0s, write 2.0s)")
     report.phases = {"process": report.seconds}  # one phase: the total says it all
     assert report.text().endswith(f"time: {report.seconds:.1f}s")
+
+
+def test_a_bad_row_read_ahead_still_stops_the_step_at_its_line(tmp_path: Path) -> None:
+    """The local executor reads the next batch while it scans one: a bad row in a later batch
+    still stops the step naming its file and line, and leaves no output and no reader running."""
+    source, output = tmp_path / "in.jsonl", tmp_path / "out.jsonl"
+    lines = [json.dumps({"instruction": f"What is {i} + {i}?", "output": f"{2 * i}."}) for i in range(50)]
+    lines[37] = '{"instruction": "What is'
+    source.write_text("\n".join(lines) + "\n")
+    with pytest.raises(StepError, match=rf"{source}.*\b38\b"):
+        datakit.run("dedupe", source, output, executor=pipeline.LocalExecutor(batch_size=10))
+    assert not output.exists() and not Path(f"{output}.clusters.jsonl").exists()
+    readers = [t for t in threading.enumerate() if t.name == "datakit-read-ahead"]
+    assert all(not t.join(5) and not t.is_alive() for t in readers)
+
+
+def test_reading_ahead_keeps_order_and_stops_with_its_caller() -> None:
+    closed = threading.Event()
+
+    def numbers():
+        try:
+            yield from range(1000)
+        finally:
+            closed.set()  # where a reader closes its file
+
+    assert list(pipeline.read_ahead(iter(range(7)))) == list(range(7))
+    read = pipeline.read_ahead(numbers())
+    with closing(read):
+        assert [next(read) for _ in range(3)] == [0, 1, 2]
+    assert closed.wait(5)
 
 
 @pytest.mark.parametrize("step", ["filter", "dedupe"])
