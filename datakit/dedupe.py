@@ -362,6 +362,7 @@ class Dedupe(Step):
         config = self.config
         raw = [record_text(r, config.on) for r in batch.records]
         texts = Texts.of(raw)
+        text = texts.raw
         position = pl.Series("position", np.arange(batch.start, batch.start + len(batch), dtype=np.uint64))
         records = pl.DataFrame(
             {
@@ -369,14 +370,14 @@ class Dedupe(Step):
                 "id": [r["id"] for r in batch.records],
                 "exact_key": texts.column("exact_key"),
                 "exact_length": texts.column("exact_length"),
-                "length": texts.raw.str.len_chars(),
+                "length": text.str.len_chars(),
             }
         )
         if config.keep.startswith("score:"):
             records = records.with_columns(score=pl.Series(meta_scores(to_frame(batch.records), config.keep[6:])))
         tables = {"records": records}
         if config.value_guard and self.stages != ("exact",):  # the guard reads the texts of pairs
-            tables["texts"] = pl.DataFrame({"position": position, "text": texts.raw})
+            tables["texts"] = pl.DataFrame({"position": position, "text": text})
         if "minhash" in self.stages:
             hashes, offsets = minhash.shingle_hashes(texts, config.ngram)
             texts.drop_words()
@@ -405,15 +406,14 @@ class Dedupe(Step):
 
         def values(positions: np.ndarray) -> list:
             """The value guard's values of these records (sorted positions), found now: only records
-            in pairs need them. Their texts are read a part at a time, to hold one batch of texts."""
+            in pairs need them. Their texts are read a part at a time (parts come in position
+            order, as the write phase reads them), to hold one batch of texts."""
             wanted = np.zeros(n, dtype=bool)
             wanted[positions] = True
-            found, order = [], []
+            found = []
             for part in tables.each_part("texts"):
-                frame = part.filter(_alive(wanted)).collect()
-                found.extend(guard_values(frame["text"]))
-                order.append(frame["position"].to_numpy())
-            return [found[i] for i in np.argsort(np.concatenate(order), kind="stable")] if found else []
+                found.extend(guard_values(part.filter(_alive(wanted)).sort("position").collect()["text"]))
+            return found
 
         keys = records.select("position", "exact_key", "exact_length")
         for number, stage in enumerate(self.stages, 1):
