@@ -97,7 +97,8 @@ from datakit.convert import open_records
 from datakit.dedupe import DedupeConfig
 from datakit.formats import Read
 from datakit.pipeline import Sink
-from datakit.text import EXACT_SEED, TOKEN_SEED, WORD_PATTERN, Texts, guard_values, record_text
+from datakit.text import EXACT_SEED, TOKEN_SEED, WORD_PATTERN, Texts, record_text
+from datakit.value_guard import guard_values
 
 count = int(sys.argv[2])
 parts = {}

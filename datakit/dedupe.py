@@ -19,7 +19,6 @@ reviewed and reversed. Every input record is either written or listed as removed
 
 from __future__ import annotations
 
-from collections import deque
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -27,14 +26,15 @@ from typing import Any
 import numpy as np
 import polars as pl
 from scipy.sparse import coo_matrix
-from scipy.sparse.csgraph import connected_components
+from scipy.sparse.csgraph import breadth_first_order, connected_components
 
 from datakit import minhash
 from datakit.errors import OptionError
 from datakit.options import StepConfig, option
 from datakit.pipeline import Batch, Processed, SideOutput, Step, Tables, register
 from datakit.record import meta_scores, to_frame
-from datakit.text import ON_CHOICES, Texts, ValueGuard, guard_values, record_text
+from datakit.text import ON_CHOICES, Texts, record_text
+from datakit.value_guard import Values, keep_apart, value_rows
 
 METHODS = {"exact": ("exact",), "minhash": ("exact", "minhash"), "semantic": ("exact", "semantic"),
            "all": ("exact", "minhash", "semantic")}  # fmt: skip
@@ -87,7 +87,8 @@ class DedupeConfig(StepConfig):
 class StageResult:
     pairs: np.ndarray  # int64[m, 2], sorted, i < j
     similarity: np.ndarray  # float32[m]
-    similarity_of: Callable[[int, int], float]  # for pairs the stage did not list (kept vs removed)
+    # for pairs the stage did not list (each kept record with the ones it removed): i[k], j[k]
+    similarity_of: Callable[[np.ndarray, np.ndarray], np.ndarray]
     note: str | None = None
 
 
@@ -103,7 +104,7 @@ def exact_pairs(keys: pl.DataFrame) -> StageResult:
         for members in (np.asarray(m, dtype=np.int64) for m in groups["position"].to_list())
     ]
     found = np.concatenate(pairs) if pairs else np.zeros((0, 2), dtype=np.int64)
-    return StageResult(found, np.ones(len(found), dtype=np.float32), lambda i, j: 1.0)
+    return StageResult(found, np.ones(len(found), dtype=np.float32), lambda i, j: np.ones(len(i)))
 
 
 def minhash_pairs(tables: Tables, alive: np.ndarray, config: DedupeConfig, values: Callable) -> StageResult:
@@ -124,9 +125,10 @@ def minhash_pairs(tables: Tables, alive: np.ndarray, config: DedupeConfig, value
     pairs, similarity = pairs[keep], similarity[keep]
     pairs, similarity, guard_note = apply_value_guard(pairs, similarity, values, config)
 
-    def similarity_of(i: int, j: int) -> float:
-        a, b = np.searchsorted(involved, [i, j])
-        return float((sigs[a] == sigs[b]).mean())
+    def similarity_of(i: np.ndarray, j: np.ndarray) -> np.ndarray:
+        return minhash.estimated_jaccard(
+            sigs, np.stack([np.searchsorted(involved, i), np.searchsorted(involved, j)], 1)
+        )
 
     return StageResult(pairs, similarity, similarity_of, note + guard_note)
 
@@ -150,9 +152,9 @@ def _signatures(tables: Tables, positions: np.ndarray | None, n: int) -> tuple[n
 
 
 def apply_value_guard(
-    pairs: np.ndarray, similarity: np.ndarray, values: Callable, config: DedupeConfig
+    pairs: np.ndarray, similarity: np.ndarray, values: Callable[[np.ndarray], Values], config: DedupeConfig
 ) -> tuple[np.ndarray, np.ndarray, str]:
-    """Drop pairs whose texts differ by swapped numbers or names (datakit.text.ValueGuard).
+    """Drop pairs whose texts differ by swapped numbers or names (datakit.value_guard).
 
     Pairs are taken most similar first, and a pair whose two records are already joined
     through other pairs is kept without a check: it cannot change the clusters, so the
@@ -161,26 +163,8 @@ def apply_value_guard(
     if not config.value_guard or len(pairs) == 0:
         return pairs, similarity, ""
     involved, local = np.unique(pairs, return_inverse=True)
-    local = local.reshape(pairs.shape)
-    guard = ValueGuard(values(involved))
-    parent = list(range(len(involved)))
-
-    def find(x: int) -> int:
-        while parent[x] != x:
-            parent[x] = parent[parent[x]]
-            x = parent[x]
-        return x
-
-    keep = np.ones(len(pairs), dtype=bool)
-    for k in np.argsort(-similarity, kind="stable").tolist():
-        a, b = find(int(local[k, 0])), find(int(local[k, 1]))
-        if a == b:
-            continue
-        if guard.differ(int(local[k, 0]), int(local[k, 1])) is None:
-            parent[a] = b
-        else:
-            keep[k] = False
-    return pairs[keep], similarity[keep], f"; {int((~keep).sum())} kept apart by the value guard"
+    apart = keep_apart(values(involved), local.reshape(pairs.shape), np.argsort(-similarity, kind="stable"))
+    return pairs[~apart], similarity[~apart], f"; {int(apart.sum())} kept apart by the value guard"
 
 
 def semantic_pairs(tables: Tables, alive: np.ndarray, config: DedupeConfig, values: Callable, embedder) -> StageResult:
@@ -206,9 +190,15 @@ def semantic_pairs(tables: Tables, alive: np.ndarray, config: DedupeConfig, valu
     note += f" now (the rest from the cache); {len(found)} pairs"
     found, similarity, guard_note = apply_value_guard(index[found], np.concatenate(sims), values, config)
 
-    def similarity_of(i: int, j: int) -> float:
-        a, b = np.searchsorted(index, [i, j])
-        return float(vectors[a] @ vectors[b])
+    def similarity_of(i: np.ndarray, j: np.ndarray) -> np.ndarray:
+        # one dot product a pair, as the pairs' own similarities were computed (a batched
+        # einsum may sum in another order and round the fourth decimal the other way)
+        return np.array(
+            [
+                float(vectors[a] @ vectors[b])
+                for a, b in zip(np.searchsorted(index, i), np.searchsorted(index, j), strict=True)
+            ]
+        )
 
     return StageResult(found, similarity, similarity_of, note + guard_note)
 
@@ -267,23 +257,25 @@ def keep_rank(config: DedupeConfig, records: pl.DataFrame) -> np.ndarray:
     return np.lexsort((position, -np.nan_to_num(scores, nan=-np.inf))).argsort()
 
 
-def _links(kept: int, pairs: np.ndarray, sims: np.ndarray) -> dict[int, tuple[int, float]]:
-    """For each member, the member it was linked through on a path from the kept one, and that similarity."""
-    adjacency: dict[int, list[tuple[int, float]]] = {}
-    for (i, j), s in zip(pairs.tolist(), sims.tolist(), strict=True):
-        adjacency.setdefault(i, []).append((j, s))
-        adjacency.setdefault(j, []).append((i, s))
-    links = {}
-    queue = deque([kept])
-    seen = {kept}
-    while queue:
-        node = queue.popleft()
-        for other, s in adjacency.get(node, []):
-            if other not in seen:
-                seen.add(other)
-                links[other] = (node, s)
-                queue.append(other)
-    return links
+def _links(n: int, kept: np.ndarray, pairs: np.ndarray, similarity: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """For each record in a cluster, the record it was linked through on a path from the kept one
+    of its cluster, and that pair's similarity: one breadth-first search over the n records
+    from a node joined to every kept one, neighbours taken in position order."""
+    source = n
+    ends = (np.r_[pairs[:, 0], pairs[:, 1], np.full(len(kept), source)], np.r_[pairs[:, 1], pairs[:, 0], kept])
+    index = np.int32 if n < 2**31 - 1 else np.int64  # 10M records: 20M edges, 180 MB as int32
+    graph = coo_matrix((np.ones(len(ends[0]), dtype=np.int8), (ends[0].astype(index), ends[1].astype(index))),
+                       shape=(n + 1, n + 1)).tocsr()  # fmt: skip
+    graph.sort_indices()
+    _, via = breadth_first_order(graph, source, directed=True, return_predecessors=True)
+    # each link's similarity, looked up by the pair's key among the stage's sorted pair keys
+    keys = pairs.min(axis=1) * (n + 1) + pairs.max(axis=1)
+    by_key = np.argsort(keys)
+    linked = np.flatnonzero((via >= 0) & (via != source))
+    wanted = np.minimum(linked, via[linked]) * (n + 1) + np.maximum(linked, via[linked])
+    via_similarity = np.zeros(n + 1, dtype=similarity.dtype)
+    via_similarity[linked] = similarity[by_key[np.searchsorted(keys, wanted, sorter=by_key)]]
+    return via, via_similarity
 
 
 @dataclass
@@ -302,23 +294,28 @@ def review_rows(found: list[StageClusters], id_column: pl.Series) -> Iterator[di
     ids = dict(
         zip(clustered.tolist(), id_column.gather(clustered).to_list(), strict=True)
     )  # one gather, not one a cluster
+    n = len(id_column)
     for stage in found:
+        if not stage.clusters:
+            continue
         result = stage.result
-        for kept, members, pair_index in stage.clusters:
-            links = _links(kept, result.pairs[pair_index], result.similarity[pair_index])
-            removed = []
-            for member in sorted(int(m) for m in members if m != kept):
-                via, via_similarity = links[member]
-                removed.append(
-                    {
-                        "id": ids[member],
-                        "index": member,
-                        "similarity": round(result.similarity_of(kept, member), 4),
-                        "linked_to": ids[via],
-                        "link_similarity": round(via_similarity, 4),
-                    }
-                )
-            yield {"stage": stage.stage, "kept": ids[kept], "kept_index": kept, "removed": removed}
+        kept = np.array([k for k, _, _ in stage.clusters], dtype=np.int64)
+        via, via_similarity = _links(n, kept, result.pairs, result.similarity)
+        removed = [np.sort(members[members != k]) for k, members, _ in stage.clusters]
+        to_kept = result.similarity_of(np.repeat(kept, [len(r) for r in removed]), np.concatenate(removed))
+        to_kept = iter(to_kept.tolist())
+        for k, members in zip(kept.tolist(), removed, strict=True):
+            rows = [
+                {
+                    "id": ids[m],
+                    "index": m,
+                    "similarity": round(next(to_kept), 4),
+                    "linked_to": ids[int(via[m])],
+                    "link_similarity": round(float(via_similarity[m]), 4),
+                }
+                for m in members.tolist()
+            ]
+            yield {"stage": stage.stage, "kept": ids[k], "kept_index": k, "removed": rows}
 
 
 # --- the step -----------------------------------------------------------------------------
@@ -404,16 +401,18 @@ class Dedupe(Step):
         alive = np.ones(n, dtype=bool)
         self.removed_by = np.zeros(n, dtype=np.int8)
 
-        def values(positions: np.ndarray) -> list:
+        def values(positions: np.ndarray) -> Values:
             """The value guard's values of these records (sorted positions), found now: only records
             in pairs need them. Their texts are read a part at a time (parts come in position
             order, as the write phase reads them), to hold one batch of texts."""
             wanted = np.zeros(n, dtype=bool)
             wanted[positions] = True
-            found = []
+            rows, found = [], 0
             for part in tables.each_part("texts"):
-                found.extend(guard_values(part.filter(_alive(wanted)).sort("position").collect()["text"]))
-            return found
+                texts = part.filter(_alive(wanted)).sort("position").collect()["text"]
+                rows.append(value_rows(texts, first=found))
+                found += len(texts)
+            return Values.from_rows(pl.concat(rows), found)
 
         keys = records.select("position", "exact_key", "exact_length")
         for number, stage in enumerate(self.stages, 1):

@@ -190,9 +190,11 @@ def bucket_pairs(frame: pl.DataFrame) -> np.ndarray:
     of one text) yields each member with the first and with its neighbour, which is enough to
     connect the copies (every pair is still verified before it counts).
     """
+    # most rows are alone in their bucket (9 in 10 in benchmarks/dedupe_scale.py): dropping them
+    # by a hashed count is 2.5x faster than sorting them with the rest
+    frame = frame.filter(pl.len().over("band", "key") > 1).sort("band", "key", "position")
     if frame.height == 0:
         return np.zeros((0, 2), dtype=np.int64)
-    frame = frame.sort("band", "key", "position")
     band, key = frame["band"].to_numpy(), frame["key"].to_numpy()
     members = frame["position"].to_numpy().astype(np.int64)
     starts = np.flatnonzero(np.r_[True, (band[1:] != band[:-1]) | (key[1:] != key[:-1])])

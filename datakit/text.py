@@ -7,7 +7,6 @@ Tool calls count as assistant text (their name and arguments).
 
 from __future__ import annotations
 
-import functools
 import re
 from typing import Any
 
@@ -73,7 +72,7 @@ class Texts:
 
     Only these are kept (not the normalised strings), to hold a million texts in memory. The
     value guard's values are not among them: only records in a similar pair need them (a fifth
-    of a typical set), so ``guard_values`` finds them for those records alone.
+    of a typical set), so ``datakit.value_guard`` finds them for those records alone.
 
     Hashes come from polars: fast and seeded, stable within one polars version. A dedupe run
     compares them within the run only (its scan tables are temporary); the Ray executor checks
@@ -136,87 +135,3 @@ class Texts:
         """Free the word hashes of the whole set (once the shingles are made)."""
         if "words" in self._frame.columns:
             self._frame.drop_in_place("words")
-
-
-# --- the value guard: near duplicates differ by edits, not by swapped values -----------
-
-# A value is a number (a token with a digit) or a name (a capitalised word: "France").
-VALUE_PATTERN = r"\w*\d\w*|\b\p{Lu}[\p{Ll}\p{Lt}\p{Lm}\p{Lo}\p{Mn}]+\b"
-
-
-def guard_values(texts: pl.Series | list[str]) -> list[list[str]]:
-    """Each text's values for ValueGuard: its numbers and names, found in the NFKC text, lower-cased."""
-    series = pl.Series("text", texts, dtype=pl.String).fill_null("")
-    values = (
-        pl.col("text").str.normalize("NFKC").str.extract_all(VALUE_PATTERN).list.eval(pl.element().str.to_lowercase())
-    )
-    # one query per core: polars runs this expression (list.eval) on one thread otherwise
-    size = max(1, -(-len(series) // pl.thread_pool_size()))
-    parts = pl.collect_all([pl.LazyFrame([series.slice(i, size)]).select(values) for i in range(0, len(series), size)])
-    return [v for part in parts for v in part["text"].to_list()]
-
-
-@functools.lru_cache(maxsize=1 << 16)
-def _deletions(word: str) -> frozenset[str]:
-    """The word with up to one character deleted (two for words of 6+ characters)."""
-    found, frontier = {word}, {word}
-    for _ in range(2 if len(word) >= 6 else 1):
-        frontier = {w[:i] + w[i + 1 :] for w in frontier for i in range(len(w))}
-        found |= frontier
-    return frozenset(found)
-
-
-_DIGIT = re.compile(r"\d").search  # a value with a digit is a number (see VALUE_PATTERN)
-
-
-def _typo_apart(a: str, b: str) -> bool:
-    """Whether two names share a string after deleting a character or two from each."""
-    # the deletions of a word of length n are n - 2 (n - 1 under 6 characters) to n long
-    if len(a) - (2 if len(a) >= 6 else 1) > len(b) or len(b) - (2 if len(b) >= 6 else 1) > len(a):
-        return False
-    return not _deletions(a).isdisjoint(_deletions(b))
-
-
-class ValueGuard:
-    """Tells apart similar texts that are the same template with other values.
-
-    Near duplicates (typos, re-spacing, reordering, truncation, another template) differ by
-    edits, insertions or deletions. When a number in one text was replaced by another
-    number ("what is 17+25" / "what is 38+4"), or a name by another name ("the capital of
-    France" / "... of Germany"), the texts are different records, however similar.
-    Each text's values (lower-cased) are found once, vectorised; a pair then costs two small
-    set differences. A value counts as swapped only when both texts have values the other
-    lacks and no typo explains them.
-    """
-
-    def __init__(self, values: list[list[str] | None]):
-        self._values = [frozenset(v) if v else frozenset() for v in values]
-
-    def differ(self, i: int, j: int) -> str | None:
-        """Why texts i and j are different records, or None when they may be duplicates."""
-        only_i = self._values[i] - self._values[j]
-        if not only_i:
-            return None
-        only_j = self._values[j] - self._values[i]
-        if not only_j:
-            return None  # values only added or removed (a truncation, a template): not swapped
-        numbers_i = [v for v in only_i if _DIGIT(v)]
-        numbers_j = [v for v in only_j if _DIGIT(v)]
-        if numbers_i and numbers_j:
-            return f"numbers differ: {', '.join(sorted(numbers_i)[:3])} / {', '.join(sorted(numbers_j)[:3])}"
-        # a name counts as swapped when no name on the other side is a typo of it (numbers must
-        # be equal, so they are never a typo of a name)
-        others_j = only_j.difference(numbers_j)
-        names_i = [v for v in only_i.difference(numbers_i) if not any(_typo_apart(v, u) for u in others_j)]
-        if not names_i:
-            return None
-        others_i = only_i.difference(numbers_i)
-        names_j = [v for v in others_j if not any(_typo_apart(v, u) for u in others_i)]
-        if names_j:
-            return f"names differ: {', '.join(sorted(names_i)[:3])} / {', '.join(sorted(names_j)[:3])}"
-        return None
-
-
-def changed_values(a: str, b: str) -> str | None:
-    """ValueGuard for one pair of texts."""
-    return ValueGuard(guard_values([a, b])).differ(0, 1)

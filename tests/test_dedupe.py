@@ -17,7 +17,7 @@ from conftest import bench_path, fixture_path
 import datakit
 from datakit import minhash
 from datakit.errors import StepError
-from datakit.text import changed_values
+from datakit.value_guard import changed_values
 
 ALPACA = fixture_path("llama-factory/alpaca_en_demo.json")
 GSM8K = bench_path("gsm8k/train.jsonl")
@@ -117,7 +117,34 @@ def test_nothing_is_lost_and_keep_first_is_honoured(near_duplicate_set, tmp: Pat
     for cluster in clusters:
         assert all(cluster["kept_index"] < r["index"] for r in cluster["removed"])
         assert all(0 < r["similarity"] <= 1 and r["linked_to"] for r in cluster["removed"])
+        # every removed record's links lead back to the kept one, within the cluster
+        via = {r["id"]: r["linked_to"] for r in cluster["removed"]}
+        for record in via:
+            path = [record]
+            while path[-1] != cluster["kept"]:
+                assert via[path[-1]] not in path, path
+                path.append(via[path[-1]])
     assert summary.read == len(ids) == summary.written + sum(summary.removed.values())
+
+
+def test_the_clusters_file_names_the_pair_that_linked_each_record() -> None:
+    """A chain 0-1-2 kept at 0 and a pair 3-4 kept at 4: 2 was removed through 1, not through 0."""
+    import polars as pl
+
+    from datakit.dedupe import StageClusters, StageResult, review_rows
+
+    pairs = np.array([[0, 1], [1, 2], [3, 4]])
+    result = StageResult(pairs, np.array([0.9, 0.8, 0.7], dtype=np.float32), lambda i, j: 0.5 + 0.1 * (j - i))
+    clusters = [(0, np.array([0, 1, 2]), np.array([0, 1])), (4, np.array([3, 4]), np.array([2]))]
+    ids = pl.Series([f"r{k}" for k in range(6)])
+    rows = list(review_rows([StageClusters("minhash", result, clusters)], ids))
+    assert [
+        (row["kept"], [(r["id"], r["linked_to"], r["link_similarity"]) for r in row["removed"]]) for row in rows
+    ] == [
+        ("r0", [("r1", "r0", 0.9), ("r2", "r1", 0.8)]),
+        ("r4", [("r3", "r4", 0.7)]),
+    ]
+    assert [r["similarity"] for row in rows for r in row["removed"]] == [0.6, 0.7, 0.4]
 
 
 def test_keep_longest_and_keep_score(tmp: Path) -> None:
@@ -193,9 +220,9 @@ def test_value_guard_tells_templates_from_typos() -> None:
     assert changed_values("What is 17+25?", "What is 38+4?")
     assert changed_values("What is the capital of France?", "What is the capital of Germany?")
     assert changed_values("Natalia sold 48 clips in April.", "Natalia sold 52 clips in April.")
-    assert changed_values("What is the capital of France?", "what is teh capital of Frnace?") is None
-    assert changed_values("Natalia sold 48 clips in April and 24 in May.", "Natalia sold 48 clips in April") is None
-    assert changed_values("Instruction: Name a colour.", "Name a colour.") is None
+    assert not changed_values("What is the capital of France?", "what is teh capital of Frnace?")
+    assert not changed_values("Natalia sold 48 clips in April and 24 in May.", "Natalia sold 48 clips in April")
+    assert not changed_values("Instruction: Name a colour.", "Name a colour.")
 
 
 def test_bad_input_names_the_line(tmp: Path) -> None:

@@ -153,17 +153,94 @@ def test_random_bytes_lines_are_all_accounted_for(lines: list[bytes], tmp_path_f
 
 # --- dedupe's kernels against their plain definitions ---------------------------------------
 
-words = st.text("abcdeé", min_size=1, max_size=9)
+words = st.text("abcdeéß中", min_size=1, max_size=9)
+
+
+def deletions(word: str) -> set[str]:
+    """The word with up to one character deleted (two for words of 6+ characters)."""
+    found, frontier = {word}, {word}
+    for _ in range(2 if len(word) >= 6 else 1):
+        frontier = {w[:i] + w[i + 1 :] for w in frontier for i in range(len(w))}
+        found |= frontier
+    return found
+
+
+def code_points(word: str):
+    import numpy as np
+
+    return np.frombuffer(word.encode("utf-32-le"), dtype=np.uint32)
 
 
 @settings(max_examples=400, deadline=None)
 @given(a=words, b=words)
 def test_two_names_are_a_typo_apart_exactly_when_they_share_a_deletion(a: str, b: str) -> None:
-    """The value guard's shortcut (names whose lengths differ too much share no deletion) may
-    not change its answer."""
-    from datakit.text import _deletions, _typo_apart
+    """The compiled check (a longest common subsequence) answers what the deletions define."""
+    from datakit.value_guard import _typo_apart
 
-    assert _typo_apart(a, b) == (not _deletions(a).isdisjoint(_deletions(b)))
+    assert _typo_apart(code_points(a), code_points(b)) == (not deletions(a).isdisjoint(deletions(b)))
+
+
+def swapped(values_i: frozenset[str], values_j: frozenset[str]) -> bool:
+    """The value guard's rule, stated plainly (datakit.value_guard's docstring)."""
+    only_i, only_j = values_i - values_j, values_j - values_i
+    if not only_i or not only_j:
+        return False
+    numbers_i = {v for v in only_i if any(c.isdigit() for c in v)}
+    numbers_j = {v for v in only_j if any(c.isdigit() for c in v)}
+    if numbers_i and numbers_j:
+        return True
+    names_i, names_j = only_i - numbers_i, only_j - numbers_j
+
+    def typo(a: str, b: str) -> bool:
+        return not deletions(a).isdisjoint(deletions(b))
+
+    return any(not any(typo(v, u) for u in names_j) for v in names_i) and any(
+        not any(typo(v, u) for u in names_i) for v in names_j
+    )
+
+
+VALUES = ["17", "25", "38", "4", "france", "frnace", "germany", "paris", "pari", "natalia", "natalie", "berlin"]
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    texts=st.lists(st.sets(st.sampled_from(VALUES), max_size=5), min_size=2, max_size=10),
+    links=st.lists(st.tuples(st.integers(0, 9), st.integers(0, 9)), min_size=1, max_size=30),
+)
+def test_the_compiled_guard_keeps_apart_what_the_plain_rule_does(texts: list[set[str]], links) -> None:
+    """Pairs taken in order with union-find: a pair already joined is not checked, the others
+    are kept apart exactly when the plain rule says their values are swapped."""
+    import numpy as np
+    import polars as pl
+
+    from datakit.value_guard import Values, keep_apart
+
+    pairs = np.array([(i % len(texts), j % len(texts)) for i, j in links if i % len(texts) != j % len(texts)])
+    if len(pairs) == 0:
+        return
+    rows = pl.DataFrame(
+        [(k, v) for k, values in enumerate(texts) for v in sorted(values)],
+        schema={"text": pl.Int64, "value": pl.String},
+        orient="row",
+    )
+    order = np.arange(len(pairs))[::-1]
+    parent = list(range(len(texts)))
+
+    def root(x: int) -> int:
+        while parent[x] != x:
+            x = parent[x]
+        return x
+
+    expected = np.zeros(len(pairs), dtype=bool)
+    for k in order:
+        a, b = root(int(pairs[k, 0])), root(int(pairs[k, 1]))
+        if a == b:
+            continue
+        if swapped(frozenset(texts[pairs[k, 0]]), frozenset(texts[pairs[k, 1]])):
+            expected[k] = True
+        else:
+            parent[a] = b
+    assert keep_apart(Values.from_rows(rows, len(texts)), pairs, order).tolist() == expected.tolist()
 
 
 @settings(max_examples=100, deadline=None)
