@@ -97,7 +97,7 @@ from datakit.convert import open_records
 from datakit.dedupe import DedupeConfig
 from datakit.formats import Read
 from datakit.pipeline import Sink
-from datakit.text import EXACT_SEED, TOKEN_SEED, WORD_PATTERN, Texts, record_text
+from datakit.text import EXACT_SEED, TOKEN_SEED, WHITESPACE_RUN, WORD_PATTERN, Texts, record_text
 from datakit.value_guard import guard_values
 
 count = int(sys.argv[2])
@@ -114,7 +114,7 @@ records = cpu("read Alpaca JSON lines into canonical records", lambda: [
 raw = cpu("join each record's texts", lambda: pl.Series([record_text(r) for r in records]))
 normal = cpu("text: NFKC", lambda: raw.str.normalize("NFKC"))
 lower = cpu("text: lower case", lambda: normal.str.to_lowercase())
-cpu("text: exact key (whitespace, hash)", lambda: lower.str.replace_all(r"\s+", " ").str.strip_chars().hash(EXACT_SEED))
+cpu("text: exact key (whitespace, hash)", lambda: lower.str.replace_all(WHITESPACE_RUN, " ").str.strip_chars().hash(EXACT_SEED))
 cpu("text: word tokens (hashed)", lambda: lower.str.extract_all(WORD_PATTERN).list.eval(pl.element().hash(TOKEN_SEED)))
 with tempfile.TemporaryDirectory() as folder:  # the texts the value guard reads back in reduce
     kept = pl.DataFrame({"text": raw})

@@ -36,6 +36,13 @@ import polars as pl
 
 # A value is a number (a token with a digit) or a name (a capitalised word: "France").
 VALUE_PATTERN = r"\w*\d\w*|\b\p{Lu}[\p{Ll}\p{Lt}\p{Lm}\p{Lo}\p{Mn}]+\b"
+# Its matches are whole runs of word characters (a match cannot start or end inside one), so
+# they are found as the runs with a digit or a capital (CANDIDATE), kept when they have a digit
+# or are a capitalised word (NAME). Polars' regex engine cannot run a Unicode \b on its fast
+# path; this way is 2.6x faster on the benchmark's texts, with the same values (a property test
+# compares the two on random texts).
+CANDIDATE = r"\w*[\d\p{Lu}]\w*"
+NAME = r"^\p{Lu}[\p{Ll}\p{Lt}\p{Lm}\p{Lo}\p{Mn}]+$"
 _DIGIT = re.compile(r"\d").search  # a value with a digit is a number (see VALUE_PATTERN)
 
 
@@ -80,16 +87,18 @@ def value_rows(texts: pl.Series | list[str], first: int = 0) -> pl.DataFrame:
     """Rows (text, value) of each text's values, found in the NFKC text and lower-cased; texts are
     numbered from ``first``, so the rows of several slices can be put together."""
     series = pl.Series("text", texts, dtype=pl.String).fill_null("")
-    values = (
-        pl.col("text").str.normalize("NFKC").str.extract_all(VALUE_PATTERN).list.eval(pl.element().str.to_lowercase())
-    )
-    # one query per core: polars runs this expression (list.eval) on one thread otherwise
+    value = pl.col("value")
+    # one query per core: polars runs extract_all on one thread otherwise
     size = max(1, -(-len(series) // pl.thread_pool_size()))
     queries = [
         pl.LazyFrame([series.slice(i, size)])
-        .select(text=pl.int_range(first + i, first + i + pl.len(), dtype=pl.Int64), value=values)
+        .select(
+            text=pl.int_range(first + i, first + i + pl.len(), dtype=pl.Int64),
+            value=pl.col("text").str.normalize("NFKC").str.extract_all(CANDIDATE),
+        )
         .explode("value")
-        .drop_nulls("value")
+        .filter(value.str.contains(r"\d") | value.str.contains(NAME))
+        .with_columns(value.str.to_lowercase())
         for i in range(0, len(series), size)
     ]
     found = pl.collect_all(queries)

@@ -199,6 +199,40 @@ def swapped(values_i: frozenset[str], values_j: frozenset[str]) -> bool:
     )
 
 
+@settings(max_examples=300, deadline=None)
+@given(text=st.text(" a\t\n\r\u00a0\u2003\u3000\x0b\x1c", max_size=30))
+def test_whitespace_is_collapsed_as_every_run_replaced(text: str) -> None:
+    """The exact key's shortcut (a run that is already one space is left alone) may not change it."""
+    import polars as pl
+
+    from datakit.text import WHITESPACE_RUN
+
+    series = pl.Series([text])
+    assert series.str.replace_all(WHITESPACE_RUN, " ").to_list() == series.str.replace_all(r"\s+", " ").to_list()
+
+
+# letters of every case (titlecase ǅ, modifier ʰ, other Lo 東), digits of other scripts (٣) and
+# a non-digit number (²), a combining mark, the underscore (a word character) and separators
+TRICKY = "aZéÉǅʰ東1٣²\u0301_ -.,\n"
+
+
+@settings(max_examples=300, deadline=None)
+@given(texts=st.lists(st.text(TRICKY, max_size=24), min_size=1, max_size=6))
+def test_values_are_what_the_value_pattern_matches(texts: list[str]) -> None:
+    """The guard finds values as runs of word characters kept by two rules (fast); they are
+    exactly VALUE_PATTERN's matches (the definition), lower-cased."""
+    import polars as pl
+
+    from datakit.value_guard import VALUE_PATTERN, value_rows
+
+    expected = (
+        pl.Series(texts).str.normalize("NFKC").str.extract_all(VALUE_PATTERN).list.eval(pl.element().str.to_lowercase())
+    )
+    rows = value_rows(texts)
+    found = [rows.filter(pl.col("text") == k)["value"].to_list() for k in range(len(texts))]
+    assert found == expected.to_list()
+
+
 VALUES = ["17", "25", "38", "4", "france", "frnace", "germany", "paris", "pari", "natalia", "natalie", "berlin"]
 
 
@@ -253,3 +287,19 @@ def test_candidate_pairs_are_made_distinct_and_sorted(pairs: list[tuple[int, int
     expected = sorted({(min(p), max(p)) for p in pairs})
     got = unique_pairs(np.array(pairs, dtype=np.int64).reshape(-1, 2))
     assert [tuple(p) for p in got.tolist()] == expected
+
+
+@settings(max_examples=100, deadline=None)
+@given(
+    sigs=st.lists(st.lists(st.integers(0, 3), min_size=7, max_size=7), min_size=2, max_size=12),
+    pairs=st.lists(st.tuples(st.integers(0, 11), st.integers(0, 11)), max_size=40),
+)
+def test_estimated_jaccard_is_the_share_of_equal_signature_values(sigs, pairs) -> None:
+    import numpy as np
+
+    from datakit.minhash import estimated_jaccard
+
+    pairs = [(i % len(sigs), j % len(sigs)) for i, j in pairs]
+    expected = [sum(a == b for a, b in zip(sigs[i], sigs[j], strict=True)) / 7 for i, j in pairs]
+    got = estimated_jaccard(np.array(sigs, dtype=np.uint32), np.array(pairs, dtype=np.int64).reshape(-1, 2))
+    assert got.tolist() == np.float32(expected).tolist()
