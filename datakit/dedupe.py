@@ -85,7 +85,7 @@ class DedupeConfig(StepConfig):
 
 @dataclass
 class StageResult:
-    pairs: np.ndarray  # int64[m, 2], sorted, i < j
+    pairs: np.ndarray  # int64[m, 2], i < j; each record's pairs in ascending order of the other record
     similarity: np.ndarray  # float32[m]
     # for pairs the stage did not list (each kept record with the ones it removed): i[k], j[k]
     similarity_of: Callable[[np.ndarray, np.ndarray], np.ndarray]
@@ -126,9 +126,8 @@ def minhash_pairs(tables: Tables, alive: np.ndarray, config: DedupeConfig, value
     pairs, similarity, guard_note = apply_value_guard(pairs, similarity, values, config)
 
     def similarity_of(i: np.ndarray, j: np.ndarray) -> np.ndarray:
-        return minhash.estimated_jaccard(
-            sigs, np.stack([np.searchsorted(involved, i), np.searchsorted(involved, j)], 1)
-        )
+        found = np.stack([np.searchsorted(involved, i), np.searchsorted(involved, j)], 1)
+        return minhash.estimated_jaccard(sigs, found, np.float64)  # float64, as the clusters file always had
 
     return StageResult(pairs, similarity, similarity_of, note + guard_note)
 
@@ -191,7 +190,7 @@ def semantic_pairs(tables: Tables, alive: np.ndarray, config: DedupeConfig, valu
     found, similarity, guard_note = apply_value_guard(index[found], np.concatenate(sims), values, config)
 
     def similarity_of(i: np.ndarray, j: np.ndarray) -> np.ndarray:
-        # one dot product a pair, as the pairs' own similarities were computed (a batched
+        # one dot product a pair, in float32, as the clusters file has always had them (a batched
         # einsum may sum in another order and round the fourth decimal the other way)
         return np.array(
             [
@@ -259,15 +258,19 @@ def keep_rank(config: DedupeConfig, records: pl.DataFrame) -> np.ndarray:
 
 def _links(n: int, kept: np.ndarray, pairs: np.ndarray, similarity: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """For each record in a cluster, the record it was linked through on a path from the kept one
-    of its cluster, and that pair's similarity: one breadth-first search over the n records
-    from a node joined to every kept one, neighbours taken in position order."""
-    source = n
-    ends = (np.r_[pairs[:, 0], pairs[:, 1], np.full(len(kept), source)], np.r_[pairs[:, 1], pairs[:, 0], kept])
-    index = np.int32 if n < 2**31 - 1 else np.int64  # 10M records: 20M edges, 180 MB as int32
-    graph = coo_matrix((np.ones(len(ends[0]), dtype=np.int8), (ends[0].astype(index), ends[1].astype(index))),
-                       shape=(n + 1, n + 1)).tocsr()  # fmt: skip
+    of its cluster, and that pair's similarity: one breadth-first search over the n records from
+    a node joined to every kept one, neighbours in position order (each record's pairs come in
+    that order from every stage, so this is the search a cluster at a time that it replaced)."""
+    source, m = n, len(pairs)
+    ends = np.empty((2, 2 * m + len(kept)), dtype=np.int32 if n < 2**31 - 1 else np.int64)
+    ends[0, :m], ends[0, m : 2 * m], ends[0, 2 * m :] = pairs[:, 0], pairs[:, 1], source
+    ends[1, :m], ends[1, m : 2 * m], ends[1, 2 * m :] = pairs[:, 1], pairs[:, 0], kept
+    # float64 edges: the search would convert any other type to it, a copy of the whole graph
+    graph = coo_matrix((np.ones(ends.shape[1]), (ends[0], ends[1])), shape=(n + 1, n + 1)).tocsr()
+    del ends
     graph.sort_indices()
     _, via = breadth_first_order(graph, source, directed=True, return_predecessors=True)
+    del graph
     # each link's similarity, looked up by the pair's key among the stage's sorted pair keys
     keys = pairs.min(axis=1) * (n + 1) + pairs.max(axis=1)
     by_key = np.argsort(keys)

@@ -242,20 +242,21 @@ def candidate_pairs(keys: np.ndarray, eligible: np.ndarray | None = None) -> np.
     return unique_pairs(bucket_pairs(band_rows(keys[index], index)))
 
 
-def estimated_jaccard(sigs: np.ndarray, pairs: np.ndarray) -> np.ndarray:
+def estimated_jaccard(sigs: np.ndarray, pairs: np.ndarray, dtype: type = np.float32) -> np.ndarray:
     """Share of equal signature values for each pair (the MinHash estimate of Jaccard)."""
-    return _share_equal(sigs, pairs.astype(np.int64, copy=False))
+    equal = _equal_values(sigs, np.ascontiguousarray(pairs, dtype=np.int64))
+    return (equal / sigs.shape[1]).astype(dtype, copy=False)  # the share in float64, then as asked
 
 
 @numba.njit(parallel=True, cache=True, nogil=True)
-def _share_equal(sigs: np.ndarray, pairs: np.ndarray) -> np.ndarray:
+def _equal_values(sigs: np.ndarray, pairs: np.ndarray) -> np.ndarray:
     # compiled: numpy would copy both signatures of every pair first (5x slower)
-    out = np.empty(len(pairs), dtype=np.float32)
+    out = np.empty(len(pairs), dtype=np.int32)
     for k in numba.prange(len(pairs)):
         same = 0
         for p in range(sigs.shape[1]):
             same += sigs[pairs[k, 0], p] == sigs[pairs[k, 1], p]
-        out[k] = same / sigs.shape[1]
+        out[k] = same
     return out
 
 

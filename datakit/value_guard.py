@@ -8,7 +8,8 @@ swapped only when both texts have values the other lacks and no typo explains th
 
 The rule, for two texts' sets of values (lower-cased):
 
-- values only in one text, or only in the other, are not swapped (a truncation, a template);
+- when only one of the two texts has values the other lacks, nothing is swapped (a
+  truncation, a template);
 - numbers only in each text are swapped;
 - otherwise, names only in each text are swapped, unless a typo explains every name on one
   side: two names are a typo apart when deleting a character or two from each (one from a
@@ -16,8 +17,8 @@ The rule, for two texts' sets of values (lower-cased):
 
 Dedupe asks this of millions of similar pairs (13M at 10M records), so:
 
-- ``guard_values`` finds every text's values once, vectorised (polars), and numbers them:
-  each text becomes a sorted run of value ids (``Values``, a CSR array);
+- ``value_rows`` finds the texts' values, vectorised (polars, a part of the input at a time),
+  and ``Values.from_rows`` numbers them: each text becomes a sorted run of value ids (a CSR array);
 - ``keep_apart`` walks the pairs in compiled code (numba): two sorted runs are compared in
   one merge, and the typo check is a longest common subsequence of the two names' characters
   (the deletions agree exactly when it leaves at most that many characters of each out).
@@ -59,10 +60,7 @@ class Values:
     @classmethod
     def from_rows(cls, rows: pl.DataFrame, texts: int) -> Values:
         """From rows (text, value): the value ``value`` was found in text number ``text``."""
-        # ids by a categorical cast (a hash table, 3x faster than ranking strings); its own
-        # categories, so the values do not stay in polars' global ones
-        codes = pl.col("value").cast(pl.Categorical(pl.Categories.random())).to_physical()
-        rows = rows.with_columns(id=codes.rank("dense").cast(pl.Int64) - 1)
+        rows = rows.with_columns(id=pl.col("value").rank("dense").cast(pl.Int64) - 1)
         first = rows["id"].arg_unique()  # a row of each distinct value
         strings = rows[first].sort("id")["value"].to_list()
         # the distinct (text, id) in order, as one integer key: polars' hashed unique and a
@@ -75,12 +73,6 @@ class Values:
             strings=strings,
             is_number=np.array([_DIGIT(s) is not None for s in strings], dtype=bool),
         )
-
-    def __len__(self) -> int:
-        return len(self.offsets) - 1
-
-    def of(self, k: int) -> frozenset[str]:
-        return frozenset(self.strings[i] for i in self.ids[self.offsets[k] : self.offsets[k + 1]].tolist())
 
 
 def value_rows(texts: pl.Series | list[str], first: int = 0) -> pl.DataFrame:
@@ -106,7 +98,7 @@ def value_rows(texts: pl.Series | list[str], first: int = 0) -> pl.DataFrame:
 
 
 def guard_values(texts: pl.Series | list[str]) -> Values:
-    """Each text's values for ValueGuard: its numbers and names."""
+    """Each text's values: its numbers and names."""
     return Values.from_rows(value_rows(texts), len(texts))
 
 
@@ -124,8 +116,8 @@ def keep_apart(values: Values, pairs: np.ndarray, order: np.ndarray) -> np.ndarr
     lengths = np.array([len(s) for s in values.strings], dtype=np.int64)
     chars = np.frombuffer("".join(values.strings).encode("utf-32-le"), dtype=np.uint32)  # code points
     apart = np.zeros(len(pairs), dtype=bool)
-    _walk(order.astype(np.int64), pairs.astype(np.int64), values.offsets, values.ids, values.is_number,
-          chars, np.r_[0, np.cumsum(lengths)], apart)  # fmt: skip
+    order, pairs = np.ascontiguousarray(order, dtype=np.int64), np.ascontiguousarray(pairs, dtype=np.int64)
+    _walk(order, pairs, values.offsets, values.ids, values.is_number, chars, np.r_[0, np.cumsum(lengths)], apart)
     return apart
 
 

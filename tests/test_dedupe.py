@@ -127,6 +127,16 @@ def test_nothing_is_lost_and_keep_first_is_honoured(near_duplicate_set, tmp: Pat
     assert summary.read == len(ids) == summary.written + sum(summary.removed.values())
 
 
+def test_clusters_file_similarity_is_the_share_of_equal_signature_values(near_duplicate_set, tmp: Path) -> None:
+    """With 160 permutations a share k/160 is not exact in float32: the file shows it rounded
+    from the exact share (0.4562 for 73 of 160, not float32's 0.4563)."""
+    path, _, _ = near_duplicate_set
+    summary = datakit.run("dedupe", path, tmp / "out.jsonl", method="minhash", num_perm=160).report
+    clusters = [json.loads(line) for line in Path(summary.side_outputs["clusters"]).read_text().splitlines()]
+    shown = [r["similarity"] for c in clusters if c["stage"] == "minhash" for r in c["removed"]]
+    assert shown and all(s in {round(k / 160, 4) for k in range(161)} for s in shown)
+
+
 def test_the_clusters_file_names_the_pair_that_linked_each_record() -> None:
     """A chain 0-1-2 kept at 0 and a pair 3-4 kept at 4: 2 was removed through 1, not through 0."""
     import polars as pl
