@@ -272,7 +272,7 @@ def _links(n: int, kept: np.ndarray, pairs: np.ndarray, similarity: np.ndarray) 
     _, via = breadth_first_order(graph, source, directed=True, return_predecessors=True)
     del graph
     # each link's similarity, looked up by the pair's key among the stage's sorted pair keys
-    keys = pairs.min(axis=1) * (n + 1) + pairs.max(axis=1)
+    keys = pairs[:, 0] * (n + 1) + pairs[:, 1]  # i < j in every pair
     by_key = np.argsort(keys)
     linked = np.flatnonzero((via >= 0) & (via != source))
     wanted = np.minimum(linked, via[linked]) * (n + 1) + np.maximum(linked, via[linked])
@@ -305,18 +305,20 @@ def review_rows(found: list[StageClusters], id_column: pl.Series) -> Iterator[di
         kept = np.array([k for k, _, _ in stage.clusters], dtype=np.int64)
         via, via_similarity = _links(n, kept, result.pairs, result.similarity)
         removed = [np.sort(members[members != k]) for k, members, _ in stage.clusters]
-        to_kept = result.similarity_of(np.repeat(kept, [len(r) for r in removed]), np.concatenate(removed))
-        to_kept = iter(to_kept.tolist())
-        for k, members in zip(kept.tolist(), removed, strict=True):
+        sizes = [len(r) for r in removed]
+        to_kept = result.similarity_of(np.repeat(kept, sizes), np.concatenate(removed))
+        for k, members, similarity in zip(
+            kept.tolist(), removed, np.split(to_kept, np.cumsum(sizes)[:-1]), strict=True
+        ):
             rows = [
                 {
                     "id": ids[m],
                     "index": m,
-                    "similarity": round(next(to_kept), 4),
+                    "similarity": round(s, 4),
                     "linked_to": ids[int(via[m])],
                     "link_similarity": round(float(via_similarity[m]), 4),
                 }
-                for m in members.tolist()
+                for m, s in zip(members.tolist(), similarity.tolist(), strict=True)
             ]
             yield {"stage": stage.stage, "kept": ids[k], "kept_index": k, "removed": rows}
 

@@ -185,8 +185,8 @@ def swapped(values_i: frozenset[str], values_j: frozenset[str]) -> bool:
     only_i, only_j = values_i - values_j, values_j - values_i
     if not only_i or not only_j:
         return False
-    numbers_i = {v for v in only_i if any(c.isdigit() for c in v)}
-    numbers_j = {v for v in only_j if any(c.isdigit() for c in v)}
+    numbers_i = {v for v in only_i if any(c.isdecimal() for c in v)}  # \d: a decimal digit
+    numbers_j = {v for v in only_j if any(c.isdecimal() for c in v)}
     if numbers_i and numbers_j:
         return True
     names_i, names_j = only_i - numbers_i, only_j - numbers_j
