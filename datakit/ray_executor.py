@@ -61,8 +61,9 @@ class StepWorker:
         self.step = cls(config, paths)
 
     def check(self, shard: str) -> tuple[str, bool]:
-        """(this node's polars version, whether it can read the first shard): the tables hold
-        polars hashes, which are only comparable within one polars version."""
+        """(this node's polars version, whether it can read the first shard): the texts are
+        normalised, and their characters classed, by polars' Unicode tables, so two nodes'
+        tables are only comparable with one polars version."""
         return pl.__version__, Path(shard).exists()
 
     def scan(self, shard: str, start: int, tables_root: str) -> int:

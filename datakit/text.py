@@ -7,20 +7,21 @@ Tool calls count as assistant text (their name and arguments).
 
 from __future__ import annotations
 
+import functools
 import re
 from typing import Any
 
+import numba
 import numpy as np
 import polars as pl
 
 ON_CHOICES = ("prompt", "response", "all")
-# One token per CJK character (those scripts put no spaces between words), else runs of
-# letters and digits. Digits are kept: "17+25" and "38+4" must stay different texts.
-TOKEN_SEED, EXACT_SEED = 0x70C3, 0xE8AC7
-# Whitespace collapsed to one space: only the runs that are not already one space are replaced
-# (two or more characters, or one that is not a space), 2.6x faster than replacing every run.
-WHITESPACE_RUN = r"\s\s+|[^\S ]"
-WORD_PATTERN = r"[\p{Han}\p{Hiragana}\p{Katakana}\p{Hangul}]|[^\W\p{Han}\p{Hiragana}\p{Katakana}\p{Hangul}]+"
+# Words are WORD_PATTERN's matches in the NFKC, lower-cased text: one token per CJK character
+# (those scripts put no spaces between words), else runs of letters and digits. Digits are kept:
+# "17+25" and "38+4" must stay different texts. The pattern is the definition; the compiled pass
+# below finds the same words from a table of each character's class made with it.
+CJK = r"\p{Han}\p{Hiragana}\p{Katakana}\p{Hangul}"
+WORD_PATTERN = rf"[{CJK}]|[^\W{CJK}]+"
 
 
 def record_text(record: dict[str, Any], on: str = "all") -> str:
@@ -66,25 +67,28 @@ def detect_language(text: str) -> str | None:
 
 
 class Texts:
-    """The texts a dedupe stage compares, analysed once (in one streaming polars query that
-    uses every core) and shared by the stages:
+    """The texts a dedupe stage compares, analysed once and shared by the stages:
 
-    - ``exact_key``, ``exact_length``: hash and length of ``lower`` with whitespace collapsed
-      (the exact stage's key);
-    - word hashes (WORD_PATTERN tokens of the NFKC, lower-cased text) for MinHash shingles.
+    - ``exact_key``, ``exact_length``: hash and length in bytes of the NFKC, lower-cased text
+      with each whitespace run made one space, and none at either end (the exact stage's key);
+    - word hashes (WORD_PATTERN's words of the NFKC, lower-cased text) for MinHash shingles.
 
-    Only these are kept (not the normalised strings), to hold a million texts in memory. The
-    value guard's values are not among them: only records in a similar pair need them (a fifth
-    of a typical set), so ``datakit.value_guard`` finds them for those records alone.
+    Polars normalises and lower-cases the texts (every core); one compiled pass over the bytes
+    of the result then finds the words and the exact key (see ``_analyse``). Only these are
+    kept, not the normalised strings, to hold a million texts in memory. The value guard's
+    values are not among them: only records in a similar pair need them (a fifth of a typical
+    set), so ``datakit.value_guard`` finds them for those records alone.
 
-    Hashes come from polars: fast and seeded, stable within one polars version. A dedupe run
-    compares them within the run only (its scan tables are temporary); the Ray executor checks
-    that every worker has the driver's polars version.
+    The hashes are datakit's own (FNV-1a over the UTF-8 bytes, then MurmurHash3's 64-bit
+    finalizer), the same on every machine; the normalisation and the character classes come
+    from polars, so the Ray executor checks that every worker has the driver's polars version.
     """
 
-    def __init__(self, raw: pl.Series, frame: pl.DataFrame, index: np.ndarray | None = None, shared=None):
+    def __init__(self, raw: pl.Series, frame: pl.DataFrame, words: tuple[np.ndarray, np.ndarray] | None,
+                 index: np.ndarray | None = None, shared=None):  # fmt: skip
         self._raw = raw  # the texts as given (for embeddings)
-        self._frame = frame  # one row per text of the whole set
+        self._frame = frame  # exact_key and exact_length, one row per text of the whole set
+        self._words = words  # (word hashes, offsets per text) of the whole set, until dropped
         self.index = np.arange(frame.height) if index is None else index  # the texts this view holds
         # per-text results computed once for the whole set and shared by every view
         # (MinHash signatures, for instance), so a stage can index them instead of recomputing
@@ -93,19 +97,15 @@ class Texts:
     @classmethod
     def of(cls, texts: pl.Series | list[str]) -> Texts:
         series = pl.Series("text", texts, dtype=pl.String).fill_null("")
-        frame = (
-            pl.LazyFrame({"original": series})
-            .with_columns(pl.col("original").str.normalize("NFKC"))
-            .with_columns(lower=pl.col("original").str.to_lowercase())
-            .with_columns(exact=pl.col("lower").str.replace_all(WHITESPACE_RUN, " ").str.strip_chars())
-            .select(
-                exact_key=pl.col("exact").hash(EXACT_SEED),
-                exact_length=pl.col("exact").str.len_bytes(),
-                words=pl.col("lower").str.extract_all(WORD_PATTERN).list.eval(pl.element().hash(TOKEN_SEED)),
-            )
-            .collect(engine="streaming")
+        lower = (
+            pl.LazyFrame({"text": series})
+            .select(pl.col("text").str.normalize("NFKC").str.to_lowercase())
+            .collect(engine="streaming")["text"]
         )
-        return cls(series, frame)
+        data, offsets = utf8_buffers(lower)
+        words, word_offsets, exact_key, exact_length = _analyse(data, offsets, character_classes())
+        frame = pl.DataFrame({"exact_key": exact_key, "exact_length": exact_length})
+        return cls(series, frame, (words, word_offsets))
 
     def __len__(self) -> int:
         return len(self.index)
@@ -117,7 +117,7 @@ class Texts:
 
     def take(self, index: np.ndarray) -> Texts:
         """A view of some of these texts (positions in this view); nothing is copied."""
-        return Texts(self._raw, self._frame, self.index[index], self.shared)
+        return Texts(self._raw, self._frame, self._words, self.index[index], self.shared)
 
     def column(self, name: str) -> pl.Series:
         """exact_key or exact_length, for the texts of this view."""
@@ -130,11 +130,144 @@ class Texts:
     def all_words(self) -> tuple[np.ndarray, np.ndarray]:
         """(uint64 hash of every word, in order; offsets: text d's words are [offsets[d], offsets[d+1]))
         for every text of the whole set."""
-        lists = self._frame["words"].rechunk().to_arrow()
-        offsets = np.asarray(lists.offsets, dtype=np.int64)
-        return np.asarray(lists.flatten(), dtype=np.uint64), offsets - offsets[0]
+        if self._words is None:
+            raise RuntimeError("the word hashes were dropped (drop_words)")
+        return self._words
 
     def drop_words(self) -> None:
         """Free the word hashes of the whole set (once the shingles are made)."""
-        if "words" in self._frame.columns:
-            self._frame.drop_in_place("words")
+        self._words = None
+
+
+# --- the compiled pass over normalised texts ---------------------------------------------
+
+OTHER, WORD, CJK_CHARACTER, SPACE = 0, 1, 2, 3  # a character's class
+TOKEN_BASIS, EXACT_BASIS = np.uint64(0xCBF29CE484222325), np.uint64(0x84222325CBF29CE4)  # seeds
+FNV_PRIME = np.uint64(0x100000001B3)
+
+
+@functools.cache
+def character_classes() -> np.ndarray:
+    """uint8[0x110000]: each code point's class, by polars' regex engine itself (the engine of
+    WORD_PATTERN, of ``\\s`` and of ``strip_chars``), so the compiled pass splits words and
+    whitespace exactly where those would. A CJK character is one word even when it is not a
+    word character (WORD_PATTERN's first alternative matches it). Made once a process (0.3 s)."""
+    points = np.r_[0:0xD800, 0xE000:0x110000]  # every code point but the surrogates
+    one_each = pl.Series(["".join(map(chr, points.tolist()))]).str.split("").explode()
+    found = pl.DataFrame({"c": one_each}).select(
+        cjk=pl.col("c").str.contains(f"^[{CJK}]$"),
+        word=pl.col("c").str.contains(r"^\w$"),
+        space=pl.col("c").str.contains(r"^\s$"),
+    )
+    classes = np.zeros(0x110000, dtype=np.uint8)
+    classes[points] = np.select(
+        [found["cjk"].to_numpy(), found["word"].to_numpy(), found["space"].to_numpy()],
+        [CJK_CHARACTER, WORD, SPACE],
+        OTHER,
+    )
+    return classes
+
+
+def utf8_buffers(texts: pl.Series) -> tuple[np.ndarray, np.ndarray]:
+    """(the UTF-8 bytes of all the texts, int64 offsets: text d is bytes [offsets[d], offsets[d+1])),
+    without a copy per text (Arrow's large string layout)."""
+    array = texts.rechunk().to_arrow(compat_level=pl.CompatLevel.oldest())  # large_string
+    _, offsets, data = array.buffers()
+    offsets = np.frombuffer(offsets, dtype=np.int64)[array.offset : array.offset + len(array) + 1]
+    data = np.frombuffer(data, dtype=np.uint8) if data is not None else np.zeros(0, dtype=np.uint8)
+    return data, offsets
+
+
+@numba.njit(cache=True, nogil=True, inline="always")
+def _character(data: np.ndarray, i: int) -> tuple[int, int]:
+    """(code point, byte length) of the UTF-8 character at byte i (the text is valid UTF-8)."""
+    b = np.int64(data[i])
+    if b < 0x80:
+        return b, 1
+    if b < 0xE0:
+        return ((b & 0x1F) << 6) | (data[i + 1] & 0x3F), 2
+    if b < 0xF0:
+        return ((b & 0x0F) << 12) | ((data[i + 1] & 0x3F) << 6) | (data[i + 2] & 0x3F), 3
+    return ((b & 0x07) << 18) | ((data[i + 1] & 0x3F) << 12) | ((data[i + 2] & 0x3F) << 6) | (data[i + 3] & 0x3F), 4
+
+
+@numba.njit(cache=True, nogil=True, inline="always")
+def _fnv(h: np.uint64, data: np.ndarray, start: int, end: int) -> np.uint64:
+    for k in range(start, end):
+        h = (h ^ np.uint64(data[k])) * FNV_PRIME
+    return h
+
+
+@numba.njit(cache=True, nogil=True, inline="always")
+def _finish(h: np.uint64) -> np.uint64:
+    """MurmurHash3's 64-bit finalizer: FNV-1a alone leaves its last bytes poorly mixed."""
+    h ^= h >> np.uint64(33)
+    h *= np.uint64(0xFF51AFD7ED558CCD)
+    h ^= h >> np.uint64(33)
+    h *= np.uint64(0xC4CEB9FE1A85EC53)
+    return h ^ (h >> np.uint64(33))
+
+
+@numba.njit(cache=True, nogil=True)
+def _words_of(data, start, end, classes, out, at, write: bool) -> int:
+    """How many words the text in bytes [start, end) has; their hashes go to out[at:] if ``write``."""
+    count, i, h, in_word = 0, start, TOKEN_BASIS, False
+    while i < end:
+        point, size = _character(data, i)
+        kind = classes[point]
+        if kind == WORD:
+            if not in_word:
+                h, in_word = TOKEN_BASIS, True
+            if write:  # the counting pass needs only where words end
+                h = _fnv(h, data, i, i + size)
+        else:
+            if in_word:  # the word ends here
+                if write:
+                    out[at + count] = _finish(h)
+                count, in_word = count + 1, False
+            if kind == CJK_CHARACTER:  # a word on its own
+                if write:
+                    out[at + count] = _finish(_fnv(TOKEN_BASIS, data, i, i + size))
+                count += 1
+        i += size
+    if in_word:
+        if write:
+            out[at + count] = _finish(h)
+        count += 1
+    return count
+
+
+@numba.njit(cache=True, nogil=True)
+def _exact_key(data, start, end, classes) -> tuple[np.uint64, int]:
+    """(hash, byte length) of the text with each whitespace run made one space and none at
+    either end: the string is not built, only hashed."""
+    h, length, space_before, i = EXACT_BASIS, 0, False, start
+    while i < end:
+        point, size = _character(data, i)
+        if classes[point] == SPACE:
+            space_before = length > 0  # a run at the start is dropped
+        else:
+            if space_before:
+                h, length, space_before = (h ^ np.uint64(32)) * FNV_PRIME, length + 1, False
+            h, length = _fnv(h, data, i, i + size), length + size
+        i += size
+    return _finish(h), length  # a run at the end was never written
+
+
+@numba.njit(parallel=True, cache=True, nogil=True)
+def _analyse(data, offsets, classes):
+    """Every text's words (hashes, offsets) and exact key (hash, length): texts in parallel,
+    a pass to count the words, then a pass to hash them into place."""
+    n = len(offsets) - 1
+    counts = np.zeros(n + 1, dtype=np.int64)
+    exact_key = np.empty(n, dtype=np.uint64)
+    exact_length = np.empty(n, dtype=np.uint32)
+    nowhere = np.empty(0, dtype=np.uint64)
+    for d in numba.prange(n):
+        counts[d + 1] = _words_of(data, offsets[d], offsets[d + 1], classes, nowhere, 0, False)
+        exact_key[d], exact_length[d] = _exact_key(data, offsets[d], offsets[d + 1], classes)
+    word_offsets = np.cumsum(counts)
+    words = np.empty(word_offsets[-1], dtype=np.uint64)
+    for d in numba.prange(n):
+        _words_of(data, offsets[d], offsets[d + 1], classes, words, word_offsets[d], True)
+    return words, word_offsets, exact_key, exact_length

@@ -273,9 +273,10 @@ REFERENCE_CASES = {
 
 @pytest.mark.parametrize("case", REFERENCE_CASES)
 def test_streaming_clusters_equal_the_in_memory_reference(case: str, tmp: Path) -> None:
-    """The clusters files the earlier in-memory dedupe (commit 69243d6) wrote for a mixed set
-    (Alpaca, planted copies, GSM8K problems with other numbers; tests/fixtures/dedupe/SOURCES.md),
-    byte for byte, with batches so small that every table is spread over many parts."""
+    """The clusters files written for a mixed set with the whole set in one batch (Alpaca,
+    planted copies, GSM8K problems with other numbers; tests/fixtures/dedupe/SOURCES.md says
+    when each was written), byte for byte, with batches so small that every table is spread
+    over many parts."""
     from datakit.pipeline import LocalExecutor
 
     clusters = tmp / "clusters.jsonl"

@@ -199,16 +199,41 @@ def swapped(values_i: frozenset[str], values_j: frozenset[str]) -> bool:
     )
 
 
+def _plain_hash(data: bytes, basis: int) -> int:
+    """FNV-1a over the bytes, then MurmurHash3's 64-bit finalizer: the compiled pass's hash, in plain Python."""
+    mask = (1 << 64) - 1
+    h = basis
+    for byte in data:
+        h = ((h ^ byte) * 0x100000001B3) & mask
+    for shift, multiplier in ((33, 0xFF51AFD7ED558CCD), (33, 0xC4CEB9FE1A85EC53)):
+        h = ((h ^ (h >> shift)) * multiplier) & mask
+    return h ^ (h >> 33)
+
+
+# word characters of several scripts and cases, CJK (東, ひ, カ, 한) with CJK punctuation that is
+# no word character (。), a combining mark, digits, the underscore, and whitespace of every kind
+WORDY = "aZéǅİ東ひカ한。\u0301٣2_-.,  \t\n\r\u00a0\u2003\u3000\x0b\x1c\U0001f600"
+
+
 @settings(max_examples=300, deadline=None)
-@given(text=st.text(" a\t\n\r\u00a0\u2003\u3000\x0b\x1c", max_size=30))
-def test_whitespace_is_collapsed_as_every_run_replaced(text: str) -> None:
-    """The exact key's shortcut (a run that is already one space is left alone) may not change it."""
+@given(texts=st.lists(st.text(WORDY, max_size=30), min_size=1, max_size=6))
+def test_the_compiled_pass_finds_the_words_and_exact_key_the_patterns_define(texts: list[str]) -> None:
+    """Words are WORD_PATTERN's matches in the NFKC, lower-cased text, and the exact key is that
+    text with each whitespace run made one space and stripped: the compiled pass over the
+    bytes must find exactly these, hashed."""
     import polars as pl
 
-    from datakit.text import WHITESPACE_RUN
+    from datakit.text import EXACT_BASIS, TOKEN_BASIS, WORD_PATTERN, Texts
 
-    series = pl.Series([text])
-    assert series.str.replace_all(WHITESPACE_RUN, " ").to_list() == series.str.replace_all(r"\s+", " ").to_list()
+    lower = pl.Series(texts).str.normalize("NFKC").str.to_lowercase()
+    found = Texts.of(texts)
+    hashes, offsets = found.all_words()
+    for d, words in enumerate(lower.str.extract_all(WORD_PATTERN).to_list()):
+        expected = [_plain_hash(w.encode(), int(TOKEN_BASIS)) for w in words]
+        assert hashes[offsets[d] : offsets[d + 1]].tolist() == expected, texts[d]
+    exact = lower.str.replace_all(r"\s+", " ").str.strip_chars()
+    assert found.column("exact_length").to_list() == exact.str.len_bytes().to_list()
+    assert found.column("exact_key").to_list() == [_plain_hash(t.encode(), int(EXACT_BASIS)) for t in exact]
 
 
 # letters of every case (titlecase ǅ, modifier ʰ, other Lo 東), digits of other scripts (٣) and
