@@ -314,6 +314,23 @@ def test_candidate_pairs_are_made_distinct_and_sorted(pairs: list[tuple[int, int
     assert [tuple(p) for p in got.tolist()] == expected
 
 
+@settings(max_examples=200, deadline=None)
+@given(pairs=st.lists(st.tuples(st.integers(0, 40), st.integers(0, 40)), max_size=60))
+def test_records_in_pairs_are_renumbered_as_unique_would(pairs: list[tuple[int, int]]) -> None:
+    """The stages index their records' signatures and values through ``renumber``: the records
+    in the pairs, sorted, and each pair as indices into them, as np.unique defines it."""
+    import numpy as np
+
+    from datakit.dedupe import renumber
+
+    array = np.array(pairs, dtype=np.int64).reshape(-1, 2)
+    involved, local = renumber(array, 41)
+    expected, inverse = np.unique(array, return_inverse=True)
+    assert involved.tolist() == expected.tolist()
+    assert local.tolist() == inverse.reshape(array.shape).tolist()
+    assert (involved[local] == array).all()
+
+
 @settings(max_examples=100, deadline=None)
 @given(
     sigs=st.lists(st.lists(st.integers(0, 3), min_size=7, max_size=7), min_size=2, max_size=12),
