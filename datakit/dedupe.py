@@ -118,7 +118,9 @@ def minhash_pairs(tables: Tables, alive: np.ndarray, config: DedupeConfig, value
         found = [minhash.bucket_pairs(b.filter(_alive(alive)).collect()) for b in tables.each_bucket("bands")]
         pairs = minhash.unique_pairs(np.concatenate(found)) if found else np.zeros((0, 2), dtype=np.int64)
     involved, local = renumber(pairs, len(alive))
-    involved, sigs = _signatures(tables, involved, len(alive))  # every record in a pair has one
+    positions, sigs = _signatures(tables, involved, len(alive))
+    if not np.array_equal(positions, involved):  # local indexes sigs only if every one is there
+        raise RuntimeError("a record in a candidate pair has no MinHash signature")
     similarity = minhash.estimated_jaccard(sigs, local)
     keep = similarity >= params.threshold
     note = f"{params.describe()}; {len(pairs)} candidate pairs, {int(keep.sum())} at or above the threshold"

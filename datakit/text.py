@@ -84,14 +84,12 @@ class Texts:
     from polars, so the Ray executor checks that every worker has the driver's polars version.
     """
 
-    def __init__(self, raw: pl.Series, frame: pl.DataFrame, words: tuple[np.ndarray, np.ndarray] | None,
-                 index: np.ndarray | None = None, shared=None):  # fmt: skip
+    def __init__(self, raw: pl.Series, frame: pl.DataFrame, index: np.ndarray | None = None, shared=None):
         self._raw = raw  # the texts as given (for embeddings)
         self._frame = frame  # exact_key and exact_length, one row per text of the whole set
-        self._words = words  # (word hashes, offsets per text) of the whole set, until dropped
         self.index = np.arange(frame.height) if index is None else index  # the texts this view holds
-        # per-text results computed once for the whole set and shared by every view
-        # (MinHash signatures, for instance), so a stage can index them instead of recomputing
+        # per-text results computed once for the whole set and shared by every view (the word
+        # hashes until dropped, MinHash signatures), so a stage can index them, not recompute
         self.shared: dict = {} if shared is None else shared
 
     @classmethod
@@ -103,9 +101,10 @@ class Texts:
             .collect(engine="streaming")["text"]
         )
         data, offsets = utf8_buffers(lower)
+        del lower  # the bytes are an Arrow copy: hold one copy of the normalised texts, not two
         words, word_offsets, exact_key, exact_length = _analyse(data, offsets, character_classes())
         frame = pl.DataFrame({"exact_key": exact_key, "exact_length": exact_length})
-        return cls(series, frame, (words, word_offsets))
+        return cls(series, frame, shared={"words": (words, word_offsets)})
 
     def __len__(self) -> int:
         return len(self.index)
@@ -117,7 +116,7 @@ class Texts:
 
     def take(self, index: np.ndarray) -> Texts:
         """A view of some of these texts (positions in this view); nothing is copied."""
-        return Texts(self._raw, self._frame, self._words, self.index[index], self.shared)
+        return Texts(self._raw, self._frame, self.index[index], self.shared)
 
     def column(self, name: str) -> pl.Series:
         """exact_key or exact_length, for the texts of this view."""
@@ -130,13 +129,13 @@ class Texts:
     def all_words(self) -> tuple[np.ndarray, np.ndarray]:
         """(uint64 hash of every word, in order; offsets: text d's words are [offsets[d], offsets[d+1]))
         for every text of the whole set."""
-        if self._words is None:
+        if "words" not in self.shared:
             raise RuntimeError("the word hashes were dropped (drop_words)")
-        return self._words
+        return self.shared["words"]
 
     def drop_words(self) -> None:
-        """Free the word hashes of the whole set (once the shingles are made)."""
-        self._words = None
+        """Free the word hashes of the whole set, for every view (once the shingles are made)."""
+        self.shared.pop("words", None)
 
 
 # --- the compiled pass over normalised texts ---------------------------------------------
@@ -148,9 +147,9 @@ FNV_PRIME = np.uint64(0x100000001B3)
 
 @functools.cache
 def character_classes() -> np.ndarray:
-    """uint8[0x110000]: each code point's class, by polars' regex engine itself (the engine of
-    WORD_PATTERN, of ``\\s`` and of ``strip_chars``), so the compiled pass splits words and
-    whitespace exactly where those would. A CJK character is one word even when it is not a
+    """uint8[0x110000], read-only: each code point's class, by polars' regex engine itself (the
+    engine of WORD_PATTERN and ``\\s``; ``strip_chars`` strips the same set, Unicode's
+    White_Space), so the compiled pass splits words and whitespace exactly where those would. A CJK character is one word even when it is not a
     word character (WORD_PATTERN's first alternative matches it). Made once a process (0.3 s)."""
     points = np.r_[0:0xD800, 0xE000:0x110000]  # every code point but the surrogates
     one_each = pl.Series(["".join(map(chr, points.tolist()))]).str.split("").explode()
@@ -165,12 +164,15 @@ def character_classes() -> np.ndarray:
         [CJK_CHARACTER, WORD, SPACE],
         OTHER,
     )
+    classes.flags.writeable = False  # one table for the whole process: nothing may change it
     return classes
 
 
 def utf8_buffers(texts: pl.Series) -> tuple[np.ndarray, np.ndarray]:
     """(the UTF-8 bytes of all the texts, int64 offsets: text d is bytes [offsets[d], offsets[d+1])),
-    without a copy per text (Arrow's large string layout)."""
+    without a copy per text (Arrow's large string layout). The texts may not be null."""
+    if texts.null_count():
+        raise ValueError("utf8_buffers needs texts without nulls (fill them first)")
     array = texts.rechunk().to_arrow(compat_level=pl.CompatLevel.oldest())  # large_string
     _, offsets, data = array.buffers()
     offsets = np.frombuffer(offsets, dtype=np.int64)[array.offset : array.offset + len(array) + 1]

@@ -210,9 +210,11 @@ def _plain_hash(data: bytes, basis: int) -> int:
     return h ^ (h >> 33)
 
 
-# word characters of several scripts and cases, CJK (東, ひ, カ, 한) with CJK punctuation that is
-# no word character (。), a combining mark, digits, the underscore, and whitespace of every kind
-WORDY = "aZéǅİ東ひカ한。\u0301٣2_-.,  \t\n\r\u00a0\u2003\u3000\x0b\x1c\U0001f600"
+# word characters of several scripts and cases, CJK (東, ひ, カ, 한, and 𠀀 of 4 bytes) with CJK
+# punctuation that is no word character (。), a 4-byte letter (𐐨), a combining mark, digits, the
+# underscore; whitespace of 1, 2 and 3 bytes that NFKC keeps (\x85, \u1680, \u2028) and some it
+# makes a space; \x1c, which Python calls whitespace and Unicode does not; an emoji
+WORDY = "aZéǅİ東ひカ한\U00020000。\U00010428\u0301٣2_-.,  \t\n\r\x0b\x85\u1680\u2028\u00a0\u2003\u3000\x1c\U0001f600"
 
 
 @settings(max_examples=300, deadline=None)
