@@ -97,7 +97,7 @@ from datakit.convert import open_records
 from datakit.dedupe import DedupeConfig
 from datakit.formats import Read
 from datakit.pipeline import Sink
-from datakit.text import Texts, _analyse, character_classes, record_text, utf8_buffers
+from datakit.text import Texts, record_text, words_and_exact_keys
 from datakit.value_guard import guard_values
 
 count = int(sys.argv[2])
@@ -114,8 +114,8 @@ records = cpu("read Alpaca JSON lines into canonical records", lambda: [
 raw = cpu("join each record's texts", lambda: pl.Series([record_text(r) for r in records]))
 normal = cpu("text: NFKC", lambda: raw.str.normalize("NFKC"))
 lower = cpu("text: lower case", lambda: normal.str.to_lowercase())
-_analyse(*utf8_buffers(lower[:10]), character_classes())  # compile and make the table first: not timed
-cpu("text: words and exact key (one compiled pass)", lambda: _analyse(*utf8_buffers(lower), character_classes()))
+words_and_exact_keys(lower[:10])  # compile and make the table first: not timed
+cpu("text: words and exact key (one compiled pass)", lambda: words_and_exact_keys(lower))
 with tempfile.TemporaryDirectory() as folder:  # the texts the value guard reads back in reduce
     kept = pl.DataFrame({"text": raw})
     cpu("texts kept for the guard", lambda: kept.write_parquet(Path(folder) / "t.parquet", compression="lz4"))

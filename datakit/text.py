@@ -95,14 +95,11 @@ class Texts:
     @classmethod
     def of(cls, texts: pl.Series | list[str]) -> Texts:
         series = pl.Series("text", texts, dtype=pl.String).fill_null("")
-        lower = (
-            pl.LazyFrame({"text": series})
-            .select(pl.col("text").str.normalize("NFKC").str.to_lowercase())
-            .collect(engine="streaming")["text"]
+        normalise = pl.LazyFrame({"text": series}).select(pl.col("text").str.normalize("NFKC").str.to_lowercase())
+        # passed on, not kept here: the pass then holds one copy of the normalised texts
+        words, word_offsets, exact_key, exact_length = words_and_exact_keys(
+            normalise.collect(engine="streaming")["text"]
         )
-        data, offsets = utf8_buffers(lower)
-        del lower  # the bytes are an Arrow copy: hold one copy of the normalised texts, not two
-        words, word_offsets, exact_key, exact_length = _analyse(data, offsets, character_classes())
         frame = pl.DataFrame({"exact_key": exact_key, "exact_length": exact_length})
         return cls(series, frame, shared={"words": (words, word_offsets)})
 
@@ -149,8 +146,9 @@ FNV_PRIME = np.uint64(0x100000001B3)
 def character_classes() -> np.ndarray:
     """uint8[0x110000], read-only: each code point's class, by polars' regex engine itself (the
     engine of WORD_PATTERN and ``\\s``; ``strip_chars`` strips the same set, Unicode's
-    White_Space), so the compiled pass splits words and whitespace exactly where those would. A CJK character is one word even when it is not a
-    word character (WORD_PATTERN's first alternative matches it). Made once a process (0.3 s)."""
+    White_Space), so the compiled pass splits words and whitespace exactly where those would.
+    A CJK character is one word even when it is not a word character (WORD_PATTERN's first
+    alternative matches it). Made once a process (0.3 s)."""
     points = np.r_[0:0xD800, 0xE000:0x110000]  # every code point but the surrogates
     one_each = pl.Series(["".join(map(chr, points.tolist()))]).str.split("").explode()
     found = pl.DataFrame({"c": one_each}).select(
@@ -166,6 +164,14 @@ def character_classes() -> np.ndarray:
     )
     classes.flags.writeable = False  # one table for the whole process: nothing may change it
     return classes
+
+
+def words_and_exact_keys(normalised: pl.Series) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """(word hashes, word offsets per text, exact key hashes, exact key lengths) of texts already
+    NFKC-normalised and lower-cased (no nulls): the compiled pass, ``_analyse``."""
+    data, offsets = utf8_buffers(normalised)
+    del normalised  # the bytes are an Arrow copy: one copy is held during the pass, not two
+    return _analyse(data, offsets, character_classes())
 
 
 def utf8_buffers(texts: pl.Series) -> tuple[np.ndarray, np.ndarray]:
