@@ -10,10 +10,13 @@ exact copies, half copies with 1% letter typos). The file is written once and re
     python benchmarks/dedupe_scale.py [--records 1000000,10000000] [--ray 200000]
 
 Targets (issue 13): 10M records under 12 GB peak resident memory at >= 20k records/s on a
-2-core, 24 GB machine. ``--before CHECKOUT`` runs the in-memory implementation that came before
-the streaming executor (a checkout of commit 69243d6: ``git worktree add /tmp/before 69243d6``)
-on the same files, up to 1M records (it holds everything: about 6 GB a million records), and
-says whether its output and clusters file are byte for byte the same.
+2-core, 24 GB machine. ``--workers 1,auto`` runs each size with each setting of the scan's
+worker processes, the first beside the others (1: this process scans while a thread reads
+ahead; auto: one process per core for inputs of 64 MB or more). ``--before CHECKOUT`` runs the
+in-memory implementation that came before the streaming executor (a checkout of commit 69243d6:
+``git worktree add /tmp/before 69243d6``) on the same files, up to 1M records (it holds
+everything: about 6 GB a million records), and says whether its output and clusters file are
+byte for byte the same.
 ``--ray N`` also runs N records on a two-node Ray cluster on loopback (1 CPU each) and prints
 the overhead ratio against the local executor on the same file (needs ``pip install -e .[ray]``).
 """
@@ -70,8 +73,10 @@ def write_records(path: Path, count: int, seed: int = 0) -> None:
 LOCAL = r"""
 import sys, time
 import datakit
+from datakit.pipeline import LocalExecutor
+workers = None if len(sys.argv) < 4 or sys.argv[3] == "auto" else int(sys.argv[3])
 start = time.perf_counter()
-report = datakit.run("dedupe", sys.argv[1], sys.argv[2]).report
+report = datakit.run("dedupe", sys.argv[1], sys.argv[2], executor=LocalExecutor(workers=workers)).report
 print(report.text(), file=sys.stderr)
 print(" ".join(f"{name}={seconds:.3f}" for name, seconds in report.phases.items()))
 print(time.perf_counter() - start)
@@ -180,6 +185,11 @@ def _clusters(output: Path) -> Path:
     return output.with_name(output.name + ".clusters.jsonl")
 
 
+def same_files(out: Path, other: Path) -> bool:
+    """Whether two runs wrote the same output and clusters file, byte for byte."""
+    return all(a.read_bytes() == b.read_bytes() for a, b in ((out, other), (_clusters(out), _clusters(other))))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--records", default="1000000,10000000", help="sizes, comma-separated")
@@ -187,28 +197,38 @@ def main() -> None:
     parser.add_argument("--workdir", default="/tmp/datakit-bench")
     parser.add_argument("--budget", type=int, default=0, help="CPU time per record of each part, on this many records")
     parser.add_argument("--before", default=None, help="a checkout of commit 69243d6 to compare with (<= 1M records)")
+    parser.add_argument("--workers", default="auto", help="scan worker processes, comma-separated to compare: "
+                        "1 (this process scans, a thread reads ahead), N, or auto (one per core)")  # fmt: skip
     args = parser.parse_args()
     work = Path(args.workdir)
     work.mkdir(parents=True, exist_ok=True)
     cpu = cpu_name()
     print(f"CPU: {cpu}; dedupe defaults (exact, then MinHash 128 permutations, 5-word shingles)")
-    print(f"{'records':>12}{'seconds':>10}{'records/s':>12}{'peak GB':>9}   in-memory before (69243d6)")
+    print(f"{'records':>12}{'workers':>8}{'seconds':>10}{'records/s':>12}{'peak GB':>9}   compared")
     for size in [int(x) for x in args.records.split(",") if x]:
         data = work / f"scale_{size}.jsonl"
         if not data.exists():
             write_records(data, size)
-        out = work / f"scale_{size}.out.jsonl"
-        printed, peak_mb = run_process(LOCAL, str(data), str(out))
-        lines = printed.strip().splitlines()
-        phases, seconds, peak = lines[-2], float(lines[-1]), peak_mb / 1024
-        was = "-"
+        first = None  # (seconds, output) of the first worker setting, to compare the others with
+        for workers in args.workers.split(","):
+            out = work / f"scale_{size}.out.jsonl" if first is None else work / f"scale_{size}.out{workers}.jsonl"
+            printed, peak_mb = run_process(LOCAL, str(data), str(out), workers)
+            lines = printed.strip().splitlines()
+            phases, seconds, peak = lines[-2], float(lines[-1]), peak_mb / 1024
+            was = "-"
+            if first is None:
+                first = (seconds, out)
+            else:
+                was = f"{first[0] / seconds:.2f}x the first's speed; same output and clusters: {same_files(out, first[1])}"
+                for path in (out, _clusters(out)):
+                    path.unlink()
+            print(f"{size:>12,}{workers:>8}{seconds:>10.0f}{size / seconds:>12,.0f}{peak:>9.2f}   {was}", flush=True)
+            print(f"{'':>12}phases: {split(phases, size)}", flush=True)
         if args.before and size <= 1_000_000:
             old = work / f"scale_{size}.before.jsonl"
             old_s, old_gb = measure(BEFORE, str(data), str(old), args.before)
-            same = all(a.read_bytes() == b.read_bytes() for a, b in ((out, old), (_clusters(out), _clusters(old))))
-            was = f"{old_s:.0f} s, {size / old_s:,.0f} records/s, {old_gb:.2f} GB; same output and clusters: {same}"
-        print(f"{size:>12,}{seconds:>10.0f}{size / seconds:>12,.0f}{peak:>9.2f}   {was}", flush=True)
-        print(f"{'':>12}phases: {split(phases, size)}", flush=True)
+            print(f"{'':>12}in-memory before (69243d6): {old_s:.0f} s, {size / old_s:,.0f} records/s, {old_gb:.2f} GB; "
+                  f"same output and clusters: {same_files(old, first[1])}", flush=True)  # fmt: skip
     if args.budget:
         budget(work, args.budget)
     if args.ray:

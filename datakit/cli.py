@@ -264,12 +264,12 @@ def models(prepare) -> None:
 # --- the data steps, one command each, made from the registry ------------------------------
 
 
-def make_executor(name: str, address: str | None, workdir: str | None):
+def make_executor(name: str, address: str | None, workdir: str | None, workers: int | None = None):
     if name == "ray":
         from datakit.ray_executor import RayExecutor
 
         return RayExecutor(address=address, workdir=workdir)
-    return pipeline.LocalExecutor(workdir=workdir)
+    return pipeline.LocalExecutor(workdir=workdir, workers=workers)
 
 
 def step_command(cls: type[pipeline.Step]) -> click.Command:
@@ -290,14 +290,17 @@ def step_command(cls: type[pipeline.Step]) -> click.Command:
         click.Option(["--address"], default=None, help="ray: the cluster's address (default: RAY_ADDRESS or a new local one)."),
         click.Option(["--workdir"], type=click.Path(file_okay=False), default=None,
                      help="Folder for intermediate tables (ray: one every node can read; default: a temp folder)."),
+        click.Option(["--workers"], type=click.IntRange(min=1), default=None,
+                     help="local: processes that scan a JSON-lines input (default: one per core for 64 MB or more; "
+                          "1: none). Steps that load a model (semantic dedupe) scan in this process."),
     ]  # fmt: skip
     config_keys = [p.name for p in config_params]
 
-    def callback(input, output, to, from_format, quiet, executor, address, workdir, **values) -> None:
+    def callback(input, output, to, from_format, quiet, executor, address, workdir, workers, **values) -> None:
         sides = {name: values.pop(f"side_{name}") for name in cls.side_outputs}
         config = cls.Config.from_mapping({k: values[k] for k in config_keys})
         result = pipeline.run(cls, input, output, config=config, to=to, from_format=from_format,
-                              side_paths=sides, executor=make_executor(executor, address, workdir),
+                              side_paths=sides, executor=make_executor(executor, address, workdir, workers),
                               resources={"progress": not quiet and sys.stderr.isatty()})  # fmt: skip
         if not quiet:
             click.echo(result.report.text(), err=True)

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import contextlib
 import gc
-import gzip
 import itertools
 import multiprocessing
 import os
@@ -34,13 +33,12 @@ from datakit import formats
 from datakit.errors import DatakitError
 from datakit.formats import Read, ReadOptions, Rejected, Skipped, Used, WriteOptions
 from datakit.io import (
-    GZIP_ERRORS,
     AtomicFile,
     RowWriter,
     SourceRow,
-    damaged_gzip,
+    block_rows,
     file_kind,
-    parse_json_line,
+    line_blocks,
     read_rows,
     refuse_overwrite,
     scratch,
@@ -241,11 +239,7 @@ def _convert_lines(job: tuple) -> _Chunk:
     block, first_line, file, from_format, to, read_options, write_options, on_error, part_dir = job
     read_options = replace(read_options, notes=Counter())
     write_options = replace(write_options, notes=Counter())
-    lines = _read_block(file, block).split(b"\n")
-    rows = (
-        parse_json_line(text, file, first_line + n - 1, first_line + n) for n, text in enumerate(lines) if text.strip()
-    )
-    outcomes = formats.get(from_format).read(rows, read_options)
+    outcomes = formats.get(from_format).read(block_rows(file, block, first_line), read_options)
     with _few_gc_passes():
         chunk = _convert_outcomes(outcomes, to, write_options, on_error, encode=part_dir is not None)
     if part_dir is not None and chunk.rows:
@@ -267,36 +261,6 @@ def _worker_signals() -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
     signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGTERM})
-
-
-def _line_blocks(path: str, size: int) -> Iterator[tuple[bytes | tuple[int, int], int]]:
-    """(block, number of its first line) for blocks of whole lines, about ``size`` bytes each.
-
-    For a plain file the block is a (start, end) byte range that the worker reads itself,
-    which saves sending the data between processes; for gzip it is the bytes.
-    """
-    kind, gz = file_kind(path)
-    opener = gzip.open if gz else open
-    try:
-        with opener(path, "rb") as f:
-            first, start = 1, 0
-            while block := f.read(size):
-                block += f.readline()  # finish the last line
-                end = start + len(block)
-                yield (block if gz else (start, end)), first
-                first += block.count(b"\n")
-                start = end
-    except GZIP_ERRORS as exc:
-        raise damaged_gzip(path, exc) from None
-
-
-def _read_block(file: str, block: bytes | tuple[int, int]) -> bytes:
-    if isinstance(block, bytes):
-        return block
-    start, end = block
-    with open(file, "rb") as f:
-        f.seek(start)
-        return f.read(end - start)
 
 
 def convert_file(
@@ -353,7 +317,7 @@ def convert_file(
             )
             jobs = (
                 (block, first, str(input), from_format, to, read_options, write_options, on_error, part_dir)
-                for block, first in _line_blocks(str(input), CHUNK_BYTES)
+                for block, first in line_blocks(str(input), CHUNK_BYTES)
             )
             # SIGTERM stays blocked while the workers start, until each has its own handler: one
             # that came earlier would run the main process's handler in a worker and hang it

@@ -372,6 +372,9 @@ class Dedupe(Step):
             self.resources["embedder"] = Embedder(self.config.model, progress=self.resources.get("progress", False))
         return self.resources["embedder"]
 
+    def scan_in_workers(self) -> bool:
+        return "semantic" not in self.stages  # each worker would load the embedding model
+
     def scan(self, batch: Batch) -> dict[str, pl.DataFrame]:
         config = self.config
         raw = [record_text(r, config.on) for r in batch.records]

@@ -8,6 +8,7 @@ faster, for training and for vLLM's prompt scoring alike. On a GPU bf16 is the f
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any
 
@@ -25,3 +26,11 @@ def cpu_flags() -> dict[str, Any]:
 def cpu_bf16_is_fast() -> bool:
     """Whether bf16 beats fp32 on this CPU (only with AMX tiles; see the module docstring)."""
     return bool(cpu_flags()["amx_bf16"])
+
+
+def cpu_count() -> int:
+    """The cores this process may run on (its affinity, as a container or taskset limits it)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        return os.cpu_count() or 1

@@ -155,6 +155,44 @@ def parse_json_line(text: bytes, file: str, index: int, line: int | None) -> Sou
     return SourceRow(value, file, index, line)
 
 
+def line_blocks(path: str, size: int) -> Iterator[tuple[bytes | tuple[int, int], int]]:
+    """(block, number of its first line) for blocks of whole lines, about ``size`` bytes each.
+
+    For a plain file the block is a (start, end) byte range that the worker reads itself,
+    which saves sending the data between processes; for gzip it is the bytes.
+    """
+    kind, gz = file_kind(path)
+    opener = gzip.open if gz else open
+    try:
+        with opener(path, "rb") as f:
+            first, start = 1, 0
+            while block := f.read(size):
+                block += f.readline()  # finish the last line
+                end = start + len(block)
+                yield (block if gz else (start, end)), first
+                first += block.count(b"\n")
+                start = end
+    except GZIP_ERRORS as exc:
+        raise damaged_gzip(path, exc) from None
+
+
+def read_block(file: str, block: bytes | tuple[int, int]) -> bytes:
+    if isinstance(block, bytes):
+        return block
+    start, end = block
+    with open(file, "rb") as f:
+        f.seek(start)
+        return f.read(end - start)
+
+
+def block_rows(file: str, block: bytes | tuple[int, int], first_line: int) -> Iterator[SourceRow]:
+    """The rows of one of ``line_blocks``'s blocks, numbered as ``read_rows`` numbers them."""
+    lines = read_block(file, block).split(b"\n")
+    for n, text in enumerate(lines):
+        if text.strip():  # blank lines hold no record
+            yield parse_json_line(text, file, first_line + n - 1, first_line + n)
+
+
 def _read_jsonl_lines(f: IO[bytes], file: str) -> Iterator[SourceRow]:
     for line_no, text in enumerate(f, start=1):
         if text.strip():  # blank lines hold no record
@@ -386,6 +424,11 @@ def conform(row: dict[str, Any], schema: pl.Schema) -> dict[str, Any]:
     return out
 
 
+def json_line(row: dict[str, Any]) -> bytes:
+    """A row as a JSON line, as RowWriter writes it to a .jsonl file."""
+    return orjson.dumps(row, option=orjson.OPT_APPEND_NEWLINE)
+
+
 class RowWriter:
     """Writes dict rows to .jsonl/.json/.parquet/.csv (optionally .gz) or ``-`` (stdout), atomically.
 
@@ -421,18 +464,14 @@ class RowWriter:
             self._csv = csv.DictWriter(self._text, fieldnames=list(schema.keys()))
             self._csv.writeheader()
 
-    def encode(self, row: dict[str, Any]) -> bytes:
-        """A row as a JSON line, as ``write`` writes it to a .jsonl file."""
-        return orjson.dumps(row, option=orjson.OPT_APPEND_NEWLINE)
-
     def write_encoded(self, lines: bytes, count: int) -> None:
-        """Append ``count`` rows that ``encode`` made, joined (.jsonl only)."""
+        """Append ``count`` rows that ``json_line`` made, joined (.jsonl only)."""
         self._stream.write(lines)
         self.count += count
 
     def write(self, row: dict[str, Any]) -> None:
         if self.kind == "jsonl":
-            self._stream.write(self.encode(row))
+            self._stream.write(json_line(row))
         elif self.kind == "json":
             self._stream.write(b"\n  " if self.count == 0 else b",\n  ")
             self._stream.write(orjson.dumps(row))

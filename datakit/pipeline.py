@@ -46,13 +46,15 @@ import polars as pl
 from datakit import formats
 from datakit.errors import StepError
 from datakit.formats import Read, ReadOptions, Rejected, Skipped, Used
-from datakit.io import RowWriter, refuse_overwrite, scratch, spool_stdin
+from datakit.hardware import cpu_count
+from datakit.io import RowWriter, file_kind, json_line, refuse_overwrite, scratch, spool_stdin
 from datakit.options import StepConfig
 from datakit.record import RecordError, from_frame, to_frame
 
 BATCH_SIZE = 50_000  # records per batch: big enough for vectorised kernels, small enough to bound memory
 BUCKETS = 16  # partitions of a shuffled table; reduce holds one at a time
 ENCODED_ROWS = "_encoded_rows"  # the table of output rows encoded while scanning (see only_removes)
+WORKERS_FROM_BYTES = 64 << 20  # JSON-lines inputs this large are scanned by worker processes
 
 
 @dataclass
@@ -229,6 +231,12 @@ class Step:
     def only_removes(cls) -> bool:
         return cls.removals is not Step.removals
 
+    def scan_in_workers(self) -> bool:
+        """Whether the local executor may scan in worker processes, each with its own instance of
+        the step: yes where ``scan`` is a pure function of the batch and an instance is cheap to
+        make (no model to load in each worker)."""
+        return False
+
     def decision(self) -> Any:
         """What ``process`` needs from ``reduce``: an executor that runs ``process`` in other
         processes sends it there (``take_decision``)."""
@@ -369,24 +377,31 @@ def read_batches(
         records: list[dict[str, Any]] = []
         locations: list[dict[str, Any]] = []
         start = 0
-        for outcome in outcomes:
-            if isinstance(outcome, Rejected):
-                hint = "run `datakit convert --on-error skip` first to set bad rows aside"
-                raise StepError(f"{outcome.row.where()}: {outcome.reason} ({hint})")
-            if isinstance(outcome, (Skipped, Used)) and not_records is not None:
-                reason = outcome.reason if isinstance(outcome, Skipped) else "used inside other records"
-                not_records[reason] = not_records.get(reason, 0) + 1
-            if isinstance(outcome, Read):
-                records.append(outcome.record)
-                locations.append(outcome.row.location())
-                if len(records) >= size:
-                    yield Batch(records, start, locations)
-                    start += len(records)
-                    records, locations = [], []
+        for record, location in records_of(outcomes, not_records):
+            records.append(record)
+            locations.append(location)
+            if len(records) >= size:
+                yield Batch(records, start, locations)
+                start += len(records)
+                records, locations = [], []
         if records or start == 0:
             yield Batch(records, start, locations)
 
     return fmt, batches()
+
+
+def records_of(outcomes: Iterator, not_records: dict[str, int] | None) -> Iterator[tuple[dict[str, Any], dict]]:
+    """(record, where its row came from) for each record a reader made; a bad row stops with its
+    file, line and reason. Rows that hold no record are counted in ``not_records``."""
+    for outcome in outcomes:
+        if isinstance(outcome, Rejected):
+            hint = "run `datakit convert --on-error skip` first to set bad rows aside"
+            raise StepError(f"{outcome.row.where()}: {outcome.reason} ({hint})")
+        if isinstance(outcome, (Skipped, Used)) and not_records is not None:
+            reason = outcome.reason if isinstance(outcome, Skipped) else "used inside other records"
+            not_records[reason] = not_records.get(reason, 0) + 1
+        if isinstance(outcome, Read):
+            yield outcome.record, outcome.row.location()
 
 
 T = TypeVar("T")
@@ -436,6 +451,32 @@ def read_ahead(items: Iterator[T]) -> Iterator[T]:
         stop.set()
 
 
+def cannot_write(record: dict[str, Any], target: str, exc: Exception) -> str:
+    return f"record {record.get('id')} cannot be written as {target}: {exc}"
+
+
+@dataclass(frozen=True)
+class RowEncoder:
+    """Makes the output rows of records as JSON lines in format ``target`` (as a .jsonl Sink
+    writes them), ahead of knowing which records are kept."""
+
+    target: str
+
+    def __call__(self, records: list[dict[str, Any]]) -> pl.DataFrame:
+        """``row``: each record's JSON line, or null and ``error``: why the record cannot be
+        written (raised only if the record is kept)."""
+        target, options = formats.get(self.target), formats.WriteOptions()
+        rows, errors = [], []
+        for record in records:
+            try:
+                rows.append(json_line(target.write(record, options)))
+                errors.append(None)
+            except RecordError as exc:
+                rows.append(None)
+                errors.append(cannot_write(record, self.target, exc))
+        return pl.DataFrame({"row": pl.Series(rows, dtype=pl.Binary), "error": pl.Series(errors, dtype=pl.String)})
+
+
 class Sink:
     """The output (a file in any format, or a list in memory) and the side output files."""
 
@@ -474,17 +515,12 @@ class Sink:
         return self.main is not None and self.main.kind == "jsonl"
 
     def encode(self, records: list[dict[str, Any]]) -> pl.DataFrame:
-        """The output rows of these records as JSON lines (``row``), or why a record cannot be
-        written (``error``: raised only if the record is kept)."""
-        rows, errors = [], []
-        for record in records:
-            try:
-                rows.append(self.main.encode(self.target.write(record, self.options)))
-                errors.append(None)
-            except RecordError as exc:
-                rows.append(None)
-                errors.append(self._cannot_write(record, exc))
-        return pl.DataFrame({"row": pl.Series(rows, dtype=pl.Binary), "error": pl.Series(errors, dtype=pl.String)})
+        return self.encoder(records)
+
+    @property
+    def encoder(self) -> RowEncoder:
+        """What makes the output's JSON lines, to hand to another process (scan workers)."""
+        return RowEncoder(self.target.NAME)
 
     def write_encoded(self, rows: pl.DataFrame, codes: np.ndarray, reasons: list[str]) -> tuple[int, Counter]:
         """Write the rows ``encode`` made whose code is 0 (see Step.removals): (written, removed
@@ -499,7 +535,7 @@ class Sink:
         return kept.height, removed
 
     def _cannot_write(self, record: dict[str, Any], exc: Exception) -> str:
-        return f"record {record.get('id')} cannot be written as {self.target.NAME}: {exc}"
+        return cannot_write(record, self.target.NAME, exc)
 
     def close(self, ok: bool) -> None:
         """Move every file into place (ok) or drop them all (a failure leaves no partial output).
@@ -528,15 +564,35 @@ class Result:
 
 
 class LocalExecutor:
-    """Runs a step in this process: batches stream from the input, a global step's tables go
+    """Runs a step on this machine: batches stream from the input, a global step's tables go
     to a temporary folder on disk, and only ``reduce`` holds more than a batch. While a global
-    step scans one batch, a thread reads (and encodes) the next (read_ahead)."""
+    step scans one batch, a thread reads (and encodes) the next (read_ahead); a large JSON-lines
+    file is scanned by worker processes instead, one per core (datakit.scan_workers), where the
+    step allows it.
+
+    ``workers``: how many scan processes (1: none, this process scans); by default one per core
+    for files of WORKERS_FROM_BYTES or more. ``block_bytes``: the input each takes at a time."""
 
     name = "local"
 
-    def __init__(self, workdir: str | Path | None = None, batch_size: int = BATCH_SIZE):
+    def __init__(self, workdir: str | Path | None = None, batch_size: int = BATCH_SIZE,
+                 workers: int | None = None, block_bytes: int | None = None):  # fmt: skip
         self.workdir = workdir
         self.batch_size = batch_size
+        self.workers = workers
+        self.block_bytes = block_bytes
+
+    def scan_workers(self, step: Step, source: Source, input_format: str) -> int:
+        """How many worker processes scan this input: 1 (none) unless the input is a JSON-lines
+        file whose rows convert on their own and the step allows it."""
+        if self.workers == 1 or isinstance(source, list) or str(source) == "-" or not step.scan_in_workers():
+            return 1
+        if file_kind(source)[0] != "jsonl" or not formats.get(input_format).ROW_LOCAL:
+            return 1
+        if self.workers is not None:
+            return self.workers
+        # a worker takes a second or two to start (imports, compiled kernels): not worth it for less
+        return cpu_count() if os.path.getsize(source) >= WORKERS_FROM_BYTES else 1
 
     def execute(self, step: Step, source: Source, sink: Sink, report: Report, from_format, read_options) -> None:
         if not step.is_global():
@@ -549,15 +605,25 @@ class LocalExecutor:
             # row is encoded here, kept beside the step's tables, and copied out if reduce keeps it.
             encoded = step.only_removes() and sink.takes_encoded()
             not_records = report.rows_not_records if encoded else None
-            _, batches = read_batches(source, from_format, read_options, self.batch_size, not_records)
-            # the next batch is read (and encoded) in a thread while this one is scanned
-            read = read_ahead((batch, sink.encode(batch.records) if encoded else None) for batch in batches)
-            with closing(read), report.phase("scan"):  # reading the input is part of it
-                for batch, rows in read:
-                    for name, frame in step.scan(batch).items():
-                        tables.write(name, frame, f"{batch.start:012d}")
-                    if encoded:
-                        tables.write(ENCODED_ROWS, rows, f"{batch.start:012d}")
+            workers = self.scan_workers(step, source, from_format)
+            if workers > 1:
+                from datakit.scan_workers import BLOCK_BYTES, Setup, scan_in_workers
+
+                setup = Setup(type(step), step.config, step.paths, str(tmp), tables.buckets, str(source), from_format,
+                              read_options or ReadOptions(), sink.encoder if encoded else None, ENCODED_ROWS)  # fmt: skip
+                with report.phase("scan"):
+                    scan_in_workers(setup, workers, self.block_bytes or BLOCK_BYTES, not_records)
+                step.notes.append(f"scanned by {workers} worker processes")
+            else:
+                _, batches = read_batches(source, from_format, read_options, self.batch_size, not_records)
+                # the next batch is read (and encoded) in a thread while this one is scanned
+                read = read_ahead((batch, sink.encode(batch.records) if encoded else None) for batch in batches)
+                with closing(read), report.phase("scan"):  # reading the input is part of it
+                    for batch, rows in read:
+                        for name, frame in step.scan(batch).items():
+                            tables.write(name, frame, f"{batch.start:012d}")
+                        if encoded:
+                            tables.write(ENCODED_ROWS, rows, f"{batch.start:012d}")
             with report.phase("reduce"):
                 step.reduce(tables)
             if encoded:

@@ -319,3 +319,79 @@ def test_records_in_memory_give_the_same_clusters_as_a_file(tmp: Path) -> None:
     expected = [json.loads(line) for line in (REFERENCE / "clusters_minhash.jsonl").read_text().splitlines()]
     assert list(result.side["clusters"]) == expected
     assert len(result.records) == len(records) - sum(len(c["removed"]) for c in expected)
+
+
+def spaced_copy(tmp: Path, bad_lines: tuple[int, ...] = ()) -> Path:
+    """The reference set with blank lines here and there (a record's position is not its line),
+    and a malformed row at each of ``bad_lines`` (1-based lines of the new file)."""
+    rng = random.Random(0)
+    lines = []
+    for line in (REFERENCE / "mixed.jsonl").read_text().splitlines(keepends=True):
+        lines.append(line)
+        lines += ["\n"] * (rng.randrange(1, 3) if rng.random() < 0.1 else 0)
+    for number in bad_lines:
+        lines[number - 1] = '{"instruction": "cut off here\n'
+    path = tmp / "spaced.jsonl"
+    path.write_text("".join(lines))
+    return path
+
+
+def test_worker_processes_scan_to_the_bytes_of_one_process(tmp: Path) -> None:
+    """A JSON-lines input scanned by worker processes (blocks of lines, positions handed out in
+    file order) gives the output, clusters file and report of one process, byte for byte: with
+    blocks so small that there are dozens, blank lines between rows, and gzip (whose blocks are
+    sent to the workers rather than read by them). No worker outlives the run."""
+    import gzip
+
+    import psutil
+
+    from datakit.pipeline import LocalExecutor
+
+    source = spaced_copy(tmp)
+    packed = tmp / "spaced.jsonl.gz"
+    packed.write_bytes(gzip.compress(source.read_bytes()))
+    for path in (source, packed):  # (a record's source, named in its meta, differs between them)
+        one = datakit.run("dedupe", path, tmp / "one.jsonl", executor=LocalExecutor(workers=1)).report
+        assert not any("worker" in note for note in one.notes)
+        many = datakit.run("dedupe", path, tmp / "many.jsonl",
+                           executor=LocalExecutor(workers=2, block_bytes=50_000)).report  # fmt: skip
+        assert "scanned by 2 worker processes" in many.notes
+        for name in ("one.jsonl", "one.jsonl.clusters.jsonl"):
+            assert (tmp / name.replace("one", "many")).read_bytes() == (tmp / name).read_bytes()
+        for key in ("read", "written", "removed", "rows_not_records", "figures"):
+            assert getattr(many, key) == getattr(one, key)
+        assert [n for n in many.notes if "worker" not in n] == one.notes
+        assert psutil.Process().children(recursive=True) == []
+    assert one.read == 1699 and sum(one.removed.values()) > 250
+
+
+def test_worker_processes_count_rows_that_hold_no_record(tmp: Path) -> None:
+    """P3 score_eval rows whose answer is wrong hold no record: the workers count them, and
+    positions skip them, as one process does."""
+    from datakit.io import read_rows
+    from datakit.pipeline import LocalExecutor
+
+    rows = [r.data for r in read_rows(fixture_path("p3/hellaswag_complete_first_then_score_eval/train/dataset.arrow"))]
+    source = write_jsonl(tmp / "p3.jsonl", rows * 3)  # three copies: exact duplicates to find
+    one = datakit.run("dedupe", source, tmp / "one.jsonl", executor=LocalExecutor(workers=1)).report
+    many = datakit.run("dedupe", source, tmp / "many.jsonl",
+                       executor=LocalExecutor(workers=2, block_bytes=4_000)).report  # fmt: skip
+    assert sum(one.rows_not_records.values()) > 0 and one.removed
+    assert (many.rows_not_records, many.removed, many.written) == (one.rows_not_records, one.removed, one.written)
+    assert (tmp / "many.jsonl").read_bytes() == (tmp / "one.jsonl").read_bytes()
+
+
+def test_a_bad_row_met_by_a_worker_is_reported_as_one_process_reports_it(tmp: Path) -> None:
+    """Two malformed rows in different blocks: the first in the file is the one named, with its
+    line, whichever worker reaches its row first."""
+    from datakit.pipeline import LocalExecutor
+
+    source = spaced_copy(tmp, bad_lines=(1500, 400))
+    messages = []
+    for executor in (LocalExecutor(workers=1), LocalExecutor(workers=2, block_bytes=20_000)):
+        with pytest.raises(StepError) as caught:
+            datakit.run("dedupe", source, tmp / "out.jsonl", executor=executor)
+        messages.append(str(caught.value))
+    assert messages[0] == messages[1]
+    assert messages[0].startswith(f"{source}:400: malformed JSON")
+    assert not (tmp / "out.jsonl").exists()

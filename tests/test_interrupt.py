@@ -29,10 +29,20 @@ pytestmark = pytest.mark.interrupt  # about 4 minutes: its own CI step (pytest -
 
 ROOT = Path(__file__).resolve().parents[1]
 ALPACA = ROOT / "tests" / "fixtures" / "formats" / "llama-factory" / "alpaca_en_demo.json"
-KILL_POINTS = {"convert (2 worker processes)": 4, "dedupe": 4, "filter": 4, "select": 3}
+KILL_POINTS = {"convert (2 worker processes)": 4, "dedupe": 4, "dedupe (2 scan worker processes)": 4, "filter": 4,
+               "select": 3}  # fmt: skip
 COMMANDS = {
     "convert (2 worker processes)": ["convert", "{input}", "{out}/out.jsonl", "--to", "sharegpt"],
     "dedupe": ["dedupe", "{input}", "{out}/out.jsonl", "--workdir", "{out}/work"],
+    "dedupe (2 scan worker processes)": [
+        "dedupe",
+        "{input}",
+        "{out}/out.jsonl",
+        "--workdir",
+        "{out}/work",
+        "--workers",
+        "2",
+    ],
     "filter": ["filter", "{input}", "{out}/out.jsonl", "--rejects", "{out}/rejected.jsonl"],
     "select": ["select", "{input}", "{out}/out.jsonl", "--method", "random", "--k", "50", "--workdir", "{out}/work"],
 }
