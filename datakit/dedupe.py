@@ -372,7 +372,7 @@ class Dedupe(Step):
             self.resources["embedder"] = Embedder(self.config.model, progress=self.resources.get("progress", False))
         return self.resources["embedder"]
 
-    def scan_in_workers(self) -> bool:
+    def allows_scan_workers(self) -> bool:
         return "semantic" not in self.stages  # each worker would load the embedding model
 
     def scan(self, batch: Batch) -> dict[str, pl.DataFrame]:

@@ -29,8 +29,16 @@ def cpu_bf16_is_fast() -> bool:
 
 
 def cpu_count() -> int:
-    """The cores this process may run on (its affinity, as a container or taskset limits it)."""
+    """The cores this process may use: its CPU affinity (taskset, cpusets), and a container's CPU
+    quota (cgroup v2 ``cpu.max``, as ``docker --cpus`` and Kubernetes limits set it) if lower."""
     try:
-        return len(os.sched_getaffinity(0))
+        cores = len(os.sched_getaffinity(0))
     except AttributeError:  # not Linux
         return os.cpu_count() or 1
+    try:
+        quota, period = Path("/sys/fs/cgroup/cpu.max").read_text().split()[:2]
+        if quota != "max":
+            cores = min(cores, max(1, int(int(quota) / int(period))))
+    except (OSError, ValueError):
+        pass
+    return cores

@@ -55,6 +55,7 @@ BATCH_SIZE = 50_000  # records per batch: big enough for vectorised kernels, sma
 BUCKETS = 16  # partitions of a shuffled table; reduce holds one at a time
 ENCODED_ROWS = "_encoded_rows"  # the table of output rows encoded while scanning (see only_removes)
 WORKERS_FROM_BYTES = 64 << 20  # JSON-lines inputs this large are scanned by worker processes
+MAX_AUTO_WORKERS = 8  # as many by default, however many cores (convert's pool has the same ceiling)
 
 
 @dataclass
@@ -231,7 +232,7 @@ class Step:
     def only_removes(cls) -> bool:
         return cls.removals is not Step.removals
 
-    def scan_in_workers(self) -> bool:
+    def allows_scan_workers(self) -> bool:
         """Whether the local executor may scan in worker processes, each with its own instance of
         the step: yes where ``scan`` is a pure function of the batch and an instance is cheap to
         make (no model to load in each worker)."""
@@ -461,11 +462,12 @@ class RowEncoder:
     writes them), ahead of knowing which records are kept."""
 
     target: str
+    options: formats.WriteOptions
 
     def __call__(self, records: list[dict[str, Any]]) -> pl.DataFrame:
         """``row``: each record's JSON line, or null and ``error``: why the record cannot be
         written (raised only if the record is kept)."""
-        target, options = formats.get(self.target), formats.WriteOptions()
+        target, options = formats.get(self.target), self.options
         rows, errors = [], []
         for record in records:
             try:
@@ -520,7 +522,7 @@ class Sink:
     @property
     def encoder(self) -> RowEncoder:
         """What makes the output's JSON lines, to hand to another process (scan workers)."""
-        return RowEncoder(self.target.NAME)
+        return RowEncoder(self.target.NAME, self.options)
 
     def write_encoded(self, rows: pl.DataFrame, codes: np.ndarray, reasons: list[str]) -> tuple[int, Counter]:
         """Write the rows ``encode`` made whose code is 0 (see Step.removals): (written, removed
@@ -582,17 +584,23 @@ class LocalExecutor:
         self.workers = workers
         self.block_bytes = block_bytes
 
-    def scan_workers(self, step: Step, source: Source, input_format: str) -> int:
+    def scan_worker_count(self, step: Step, source: Source, input_format: str) -> int:
         """How many worker processes scan this input: 1 (none) unless the input is a JSON-lines
-        file whose rows convert on their own and the step allows it."""
-        if self.workers == 1 or isinstance(source, list) or str(source) == "-" or not step.scan_in_workers():
+        file whose rows convert on their own, and the step allows it and a fresh interpreter can
+        import it (not one defined in a script or notebook)."""
+        if self.workers == 1 or isinstance(source, list) or str(source) == "-" or not step.allows_scan_workers():
             return 1
-        if file_kind(source)[0] != "jsonl" or not formats.get(input_format).ROW_LOCAL:
+        if file_kind(source)[0] != "jsonl" or not formats.get(input_format).ROW_LOCAL or not importable(type(step)):
+            return 1
+        from datakit.scan_workers import python_executable
+
+        if not python_executable():  # an embedded interpreter: no python to start
             return 1
         if self.workers is not None:
             return self.workers
-        # a worker takes a second or two to start (imports, compiled kernels): not worth it for less
-        return cpu_count() if os.path.getsize(source) >= WORKERS_FROM_BYTES else 1
+        # a worker takes a second or two to start (imports, compiled kernels): not worth it for less;
+        # each holds a block and its records (about 0.5 GB), hence a ceiling however many cores
+        return min(cpu_count(), MAX_AUTO_WORKERS) if os.path.getsize(source) >= WORKERS_FROM_BYTES else 1
 
     def execute(self, step: Step, source: Source, sink: Sink, report: Report, from_format, read_options) -> None:
         if not step.is_global():
@@ -605,14 +613,15 @@ class LocalExecutor:
             # row is encoded here, kept beside the step's tables, and copied out if reduce keeps it.
             encoded = step.only_removes() and sink.takes_encoded()
             not_records = report.rows_not_records if encoded else None
-            workers = self.scan_workers(step, source, from_format)
+            workers = self.scan_worker_count(step, source, from_format)
             if workers > 1:
-                from datakit.scan_workers import BLOCK_BYTES, Setup, scan_in_workers
+                from datakit.scan_workers import BLOCK_BYTES, Setup, run_scan
 
                 setup = Setup(type(step), step.config, step.paths, str(tmp), tables.buckets, str(source), from_format,
-                              read_options or ReadOptions(), sink.encoder if encoded else None, ENCODED_ROWS)  # fmt: skip
+                              read_options or ReadOptions(), sink.encoder if encoded else None, ENCODED_ROWS,
+                              self.batch_size)  # fmt: skip
                 with report.phase("scan"):
-                    scan_in_workers(setup, workers, self.block_bytes or BLOCK_BYTES, not_records)
+                    run_scan(setup, workers, self.block_bytes or BLOCK_BYTES, not_records)
                 step.notes.append(f"scanned by {workers} worker processes")
             else:
                 _, batches = read_batches(source, from_format, read_options, self.batch_size, not_records)
@@ -723,6 +732,18 @@ def run(
     report.seconds = time.perf_counter() - started
     report.check()
     return Result(report, sink.records, sink.side_rows)
+
+
+def importable(cls: type) -> bool:
+    """Whether a fresh interpreter finds ``cls`` by its module and name (pickle's way)."""
+    import importlib
+
+    if cls.__module__ == "__main__" or "<locals>" in cls.__qualname__:
+        return False
+    try:
+        return getattr(importlib.import_module(cls.__module__), cls.__qualname__, None) is cls
+    except ImportError:
+        return False
 
 
 def _staging_name(path: str) -> Path:

@@ -20,16 +20,17 @@ Blocks are handed out in file order and a worker holds one at a time, so the ear
 yet parsed is always being parsed: nothing waits forever. A bad row is raised in file order (the
 first one in the file, as a serial read finds it), with the same message.
 
-Workers are fresh interpreters (``python -m datakit.scan_workers``), not forks: polars and numba
-keep thread pools that a fork would copy half-made. They run in a process group of their own, so
-Ctrl-C reaches the driver only, which stops them; they die with it if it is killed (Linux), and
-stop when their pipe from it closes.
+Workers are fresh interpreters with the driver's ``sys.path`` (as multiprocessing's spawn makes
+them), not forks: polars and numba keep thread pools that a fork would copy half-made. They run
+in a session of their own, so Ctrl-C at a terminal reaches the driver only, which stops them;
+they die with it if it is killed (Linux), and stop when their pipe from it closes.
 """
 
 from __future__ import annotations
 
 import contextlib
 import ctypes
+import json
 import os
 import pickle
 import signal
@@ -39,10 +40,8 @@ import traceback
 from collections.abc import Callable
 from dataclasses import dataclass
 from multiprocessing.connection import Connection, wait
-from pathlib import Path
 from typing import Any
 
-import datakit
 from datakit import formats
 from datakit.errors import StepError
 from datakit.formats import ReadOptions
@@ -67,43 +66,57 @@ class Setup:
     read_options: ReadOptions
     encoder: Callable | None  # pipeline.RowEncoder, or None when the output rows are not made while scanning
     encoded_rows: str  # the table name of the encoded rows
+    batch_size: int  # records a scan takes at a time (a block of short rows holds more)
 
 
-def scan_in_workers(setup: Setup, workers: int, block_bytes: int = BLOCK_BYTES,
-                    not_records: dict[str, int] | None = None) -> int:  # fmt: skip
-    """Scan ``setup.file`` with ``workers`` processes; return how many records it holds. Rows
-    that hold no record are counted in ``not_records``."""
+def run_scan(setup: Setup, workers: int, block_bytes: int = BLOCK_BYTES,
+             not_records: dict[str, int] | None = None) -> None:  # fmt: skip
+    """Scan ``setup.file`` with ``workers`` processes. Rows that hold no record are counted in
+    ``not_records``. Workers are started and stopped by the calling thread (their parent-death
+    signal is tied to the thread that started them)."""
     pool: list[Worker] = []
+    ok = False
     try:
         for _ in range(workers):
-            pool.append(Worker.start(setup))
+            pool.append(Worker.start())
+            pool[-1].send_setup(setup)
         idle = list(pool)
         running: dict[Connection, Worker] = {}
-        parsed: dict[int, tuple[Worker, int, dict[str, int], str | None]] = {}
+        # block number -> (worker, records, rows that hold none, the bad row) or the error reading it
+        parsed: dict[int, tuple | BaseException] = {}
         blocks = enumerate(line_blocks(setup.file, block_bytes))
-        next_block, position, more = 0, 0, True
+        dispatched, next_block, position, more = 0, 0, 0, True
         while True:
             while idle and more:  # hand out blocks in file order
-                item = next(blocks, None)
+                try:
+                    item = next(blocks, None)
+                except Exception as exc:  # a damaged gzip: raised after the blocks before it
+                    parsed[dispatched] = exc
+                    item = None
                 if item is None:
                     more = False
                     break
                 worker = idle.pop()
-                worker.number, (block, first_line) = item
+                worker.block, (block, first_line) = item
                 worker.send((block, first_line))
                 running[worker.inbox] = worker
-            if not running:
-                return position
-            for connection in wait(list(running)):
+                dispatched += 1
+            if not running and next_block not in parsed:
+                ok = True
+                return
+            for connection in wait(list(running)) if running else []:
                 worker = running[connection]
                 message = worker.receive()
                 if message[0] == "parsed":
-                    parsed[worker.number] = (worker, *message[1:])
+                    parsed[worker.block] = (worker, *message[1:])
                 elif message[0] == "done":
                     del running[connection]
                     idle.append(worker)
             while next_block in parsed:  # positions, in file order, as blocks before them are parsed
-                worker, count, rows_not_records, bad_row = parsed.pop(next_block)
+                entry = parsed.pop(next_block)
+                if isinstance(entry, BaseException):
+                    raise entry
+                worker, count, rows_not_records, bad_row = entry
                 if bad_row is not None:
                     raise StepError(bad_row)
                 if not_records is not None:
@@ -113,8 +126,27 @@ def scan_in_workers(setup: Setup, workers: int, block_bytes: int = BLOCK_BYTES,
                 position += count
                 next_block += 1
     finally:
-        for worker in pool:
-            worker.stop()
+        stop(pool, finished=ok)
+
+
+def stop(pool: list[Worker], finished: bool) -> None:
+    """End the workers: after a finished scan, by closing their pipes (they are idle and exit);
+    otherwise at once (the driver is giving up, and they may be in the middle of a block). Every
+    one is signalled before any is waited for."""
+    for worker in pool:
+        worker.outbox.close()
+        if not finished and worker.process.poll() is None:
+            worker.process.kill()
+    for worker in pool:
+        try:
+            worker.process.wait(timeout=5 if finished else None)
+        except subprocess.TimeoutExpired:
+            worker.process.kill()
+            worker.process.wait()
+        worker.inbox.close()
+
+
+LAUNCH = "import sys, json; sys.path[:] = json.loads(sys.argv[1]); from datakit.scan_workers import main; main()"
 
 
 class Worker:
@@ -124,51 +156,66 @@ class Worker:
         self.process = process
         self.outbox = outbox  # driver -> worker
         self.inbox = inbox  # worker -> driver
-        self.number = -1  # the block it holds
+        self.block = -1  # the number of the block it holds
 
     @classmethod
-    def start(cls, setup: Setup) -> Worker:
+    def start(cls) -> Worker:
         worker_reads, driver_writes = os.pipe()
         driver_reads, worker_writes = os.pipe()
-        # the package this process imported, found first, whatever the worker's working folder
-        path = [str(Path(datakit.__file__).resolve().parents[1]), os.environ.get("PYTHONPATH", "")]
-        env = {**os.environ, **WORKER_THREADS, "PYTHONPATH": os.pathsep.join(p for p in path if p)}
+        outbox, inbox = Connection(driver_writes, readable=False), Connection(driver_reads, writable=False)
+        arguments = [json.dumps(sys.path), str(worker_reads), str(worker_writes), str(os.getpid())]
         try:
             process = subprocess.Popen(
-                [sys.executable, "-m", "datakit.scan_workers", str(worker_reads), str(worker_writes), str(os.getpid())],
+                [python_executable(), "-c", LAUNCH, *arguments],
                 pass_fds=(worker_reads, worker_writes),
-                env=env,
-                process_group=0,  # Ctrl-C at a terminal reaches the driver only, which stops the workers
+                env={**os.environ, **WORKER_THREADS},
+                start_new_session=True,  # Ctrl-C at a terminal reaches the driver only, which stops the workers
                 stdin=subprocess.DEVNULL,
+                stdout=subprocess.DEVNULL,  # the driver's stdout may be the output (``-``)
             )
+        except BaseException:
+            outbox.close()
+            inbox.close()
+            raise
         finally:
             os.close(worker_reads)
             os.close(worker_writes)
-        worker = cls(process, Connection(driver_writes, readable=False), Connection(driver_reads, writable=False))
-        worker.outbox.send_bytes(pickle.dumps(setup))
-        return worker
+        return cls(process, outbox, inbox)
+
+    def send_setup(self, setup: Setup) -> None:
+        self.send_bytes(pickle.dumps(setup))
 
     def send(self, message: Any) -> None:
-        self.outbox.send(message)
+        self.send_bytes(pickle.dumps(message))
+
+    def send_bytes(self, data: bytes) -> None:
+        try:
+            self.outbox.send_bytes(data)
+        except OSError:  # the worker is gone: say why, not "broken pipe"
+            raise self.ended() from None
 
     def receive(self) -> tuple:
         """The worker's next message; its error, raised here; or why it ended."""
         try:
             message = self.inbox.recv()
         except (EOFError, OSError):
-            code = self.process.wait()
-            raise RuntimeError(f"a scan worker process ended unexpectedly (exit status {code})") from None
+            raise self.ended() from None
         if message[0] == "failed":
             raise message[1]
         return message
 
-    def stop(self) -> None:
-        """End the worker now (it may be in the middle of a block: the driver is giving up)."""
-        for end in (self.outbox, self.inbox):
-            end.close()
-        if self.process.poll() is None:
-            self.process.kill()
-        self.process.wait()
+    def ended(self) -> RuntimeError:
+        code = self.process.wait()
+        how = f"killed by {signal.Signals(-code).name}" if code < 0 else f"exit status {code}"
+        hint = " (SIGKILL: out of memory? --workers 1 scans in one process)" if code == -signal.SIGKILL else ""
+        return RuntimeError(f"a scan worker process ended unexpectedly ({how}){hint}")
+
+
+def python_executable() -> str:
+    """The interpreter to start workers with (as multiprocessing's spawn finds it)."""
+    from multiprocessing import spawn
+
+    return spawn.get_executable() or ""
 
 
 # --- the worker process ------------------------------------------------------------------
@@ -196,19 +243,23 @@ def serve(inbox: Connection, outbox: Connection) -> None:
             continue
         outbox.send(("parsed", len(read), rows_not_records, None))
         records = [record for record, _ in read]
+        locations = [location for _, location in read]
         rows = setup.encoder(records) if setup.encoder is not None and records else None
         start = inbox.recv()
-        if records:
-            batch = Batch(records, start, [location for _, location in read])
+        for offset in range(0, len(records), setup.batch_size):  # parts as the local executor cuts them
+            end = offset + setup.batch_size
+            batch = Batch(records[offset:end], start + offset, locations[offset:end])
+            part = f"{batch.start:012d}"
             for name, frame in step.scan(batch).items():
-                tables.write(name, frame, f"{start:012d}")
+                tables.write(name, frame, part)
             if rows is not None:
-                tables.write(setup.encoded_rows, rows, f"{start:012d}")
+                tables.write(setup.encoded_rows, rows.slice(offset, setup.batch_size), part)
         outbox.send(("done",))
 
 
 def _die_with(driver: int) -> None:
-    """Linux: the kernel kills this process when the driver dies, however it dies."""
+    """Linux: the kernel kills this process when the driver's thread that started it ends, however
+    it ends (run_scan starts and stops workers in one call, on one thread)."""
     try:
         ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # 1: PR_SET_PDEATHSIG
     except (AttributeError, OSError):
@@ -219,19 +270,26 @@ def _die_with(driver: int) -> None:
 
 def main() -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the driver decides when to stop
-    _die_with(int(sys.argv[3]))
-    inbox = Connection(int(sys.argv[1]), writable=False)
-    outbox = Connection(int(sys.argv[2]), readable=False)
+    inbox_fd, outbox_fd, driver = (int(a) for a in sys.argv[2:5])
+    _die_with(driver)
+    inbox = Connection(inbox_fd, writable=False)
+    outbox = Connection(outbox_fd, readable=False)
     try:
         serve(inbox, outbox)
     except BaseException as exc:  # handed to the driver, which raises it as if it were its own
-        try:
-            pickle.dumps(exc)
-        except Exception:
-            exc = RuntimeError(f"in a scan worker: {''.join(traceback.format_exception(exc))}")
         with contextlib.suppress(OSError):  # the driver is gone: nobody to tell
-            outbox.send(("failed", exc))
+            outbox.send(("failed", transferable(exc)))
 
 
-if __name__ == "__main__":
-    main()
+def transferable(exc: BaseException) -> BaseException:
+    """``exc`` if the driver can rebuild it and it is the user's (a DatakitError: its message is
+    the whole story); otherwise a RuntimeError carrying the worker's traceback, for the bug log."""
+    from datakit.errors import DatakitError
+
+    if isinstance(exc, DatakitError):
+        try:
+            pickle.loads(pickle.dumps(exc))
+            return exc
+        except Exception:
+            pass
+    return RuntimeError(f"in a scan worker process:\n{''.join(traceback.format_exception(exc))}")

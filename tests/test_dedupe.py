@@ -16,7 +16,7 @@ from conftest import bench_path, fixture_path
 
 import datakit
 from datakit import minhash
-from datakit.errors import StepError
+from datakit.errors import DatakitError, StepError
 from datakit.value_guard import changed_values
 
 ALPACA = fixture_path("llama-factory/alpaca_en_demo.json")
@@ -395,3 +395,68 @@ def test_a_bad_row_met_by_a_worker_is_reported_as_one_process_reports_it(tmp: Pa
     assert messages[0] == messages[1]
     assert messages[0].startswith(f"{source}:400: malformed JSON")
     assert not (tmp / "out.jsonl").exists()
+
+
+def test_worker_processes_on_an_empty_file_write_an_empty_output(tmp: Path) -> None:
+    from datakit.pipeline import LocalExecutor
+
+    (tmp / "empty.jsonl").write_text("\n\n")
+    report = datakit.run("dedupe", tmp / "empty.jsonl", tmp / "out.jsonl", from_format="alpaca",
+                         executor=LocalExecutor(workers=2)).report  # fmt: skip
+    assert (report.read, report.written, (tmp / "out.jsonl").read_bytes()) == (0, 0, b"")
+
+
+def test_a_damaged_gzip_after_a_bad_row_names_the_bad_row_as_one_process_does(tmp: Path) -> None:
+    """The driver reads the gzip ahead of the workers: the damage it meets is raised only after
+    the blocks before it, so a bad row earlier in the file is still the error named."""
+    import gzip
+
+    from datakit.pipeline import LocalExecutor
+
+    lines = spaced_copy(tmp, bad_lines=(5,)).read_bytes().splitlines(keepends=True)[:40]
+    damaged = tmp / "damaged.jsonl.gz"
+    damaged.write_bytes(gzip.compress(b"".join(lines))[:-40])  # the stream cut in its last line
+    messages = []
+    # blocks 0 (the bad row) and 1 (the damage) go out at once: the damage is met first
+    for executor in (LocalExecutor(workers=1), LocalExecutor(workers=2, block_bytes=20_000)):
+        with pytest.raises(DatakitError) as caught:
+            datakit.run("dedupe", damaged, tmp / "out.jsonl", from_format="canonical", executor=executor)
+        messages.append(str(caught.value))
+    assert messages[0] == messages[1]
+    assert messages[0].startswith(f"{damaged}:5: malformed JSON")
+
+
+def test_a_worker_process_killed_mid_scan_is_an_error_that_says_so(tmp: Path) -> None:
+    """A worker that dies (here SIGKILL, as the kernel's out-of-memory killer sends it) stops the
+    run with an error naming what happened, no output, and no other worker left running."""
+    import signal
+    import threading
+    import time
+
+    import psutil
+
+    from datakit.pipeline import LocalExecutor
+
+    source = spaced_copy(tmp)
+    errors: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            datakit.run("dedupe", source, tmp / "out.jsonl", executor=LocalExecutor(workers=2, block_bytes=8_000))
+        except BaseException as exc:
+            errors.append(exc)
+
+    thread = threading.Thread(target=run)
+    thread.start()
+    deadline = time.monotonic() + 60
+    workers = []
+    while len(workers) < 2 and time.monotonic() < deadline:
+        workers = [p for p in psutil.Process().children() if "scan_workers" in " ".join(p.cmdline())]
+        time.sleep(0.05)
+    time.sleep(1.0)  # into the scan
+    workers[0].send_signal(signal.SIGKILL)
+    thread.join(timeout=60)
+    assert not thread.is_alive()
+    assert len(errors) == 1 and "scan worker process ended unexpectedly (killed by SIGKILL)" in str(errors[0])
+    assert not (tmp / "out.jsonl").exists()
+    assert psutil.Process().children(recursive=True) == []
