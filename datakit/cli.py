@@ -291,8 +291,8 @@ def step_command(cls: type[pipeline.Step]) -> click.Command:
         click.Option(["--workdir"], type=click.Path(file_okay=False), default=None,
                      help="Folder for intermediate tables (ray: one every node can read; default: a temp folder)."),
         click.Option(["--workers"], type=click.IntRange(min=1), default=None,
-                     help="local: processes that scan a JSON-lines input (default: one per core for 64 MB or more; "
-                          "1: none). Steps that load a model (semantic dedupe) scan in this process."),
+                     help="local: processes that scan a JSON-lines input (default: one per core, at most 8, for 64 MB "
+                          "or more; 1: none). Steps that load a model (semantic dedupe) scan in this process."),
     ]  # fmt: skip
     config_keys = [p.name for p in config_params]
 

@@ -25,6 +25,9 @@ class OptionError(DatakitError, ValueError):
         self.key = key
         self.problem = problem
 
+    def __reduce__(self) -> tuple:  # rebuilt from (key, problem) in another process, not from its message
+        return (type(self), (self.key, self.problem))
+
 
 class StepError(DatakitError, ValueError):
     """A step cannot go on with this input (a bad row, a record the output format cannot hold)."""

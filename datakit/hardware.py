@@ -30,7 +30,8 @@ def cpu_bf16_is_fast() -> bool:
 
 def cpu_count() -> int:
     """The cores this process may use: its CPU affinity (taskset, cpusets), and a container's CPU
-    quota (cgroup v2 ``cpu.max``, as ``docker --cpus`` and Kubernetes limits set it) if lower."""
+    quota (cgroup v2 ``cpu.max``, as ``docker --cpus`` and Kubernetes limits set it) if lower,
+    rounded down: a quota of 1.5 CPUs is one core's work, not two processes' worth."""
     try:
         cores = len(os.sched_getaffinity(0))
     except AttributeError:  # not Linux

@@ -573,7 +573,8 @@ class LocalExecutor:
     step allows it.
 
     ``workers``: how many scan processes (1: none, this process scans); by default one per core
-    for files of WORKERS_FROM_BYTES or more. ``block_bytes``: the input each takes at a time."""
+    (at most MAX_AUTO_WORKERS; a container's CPU quota counts) for files of WORKERS_FROM_BYTES or
+    more. ``block_bytes``: the input each takes at a time."""
 
     name = "local"
 
@@ -741,9 +742,12 @@ def importable(cls: type) -> bool:
     if cls.__module__ == "__main__" or "<locals>" in cls.__qualname__:
         return False
     try:
-        return getattr(importlib.import_module(cls.__module__), cls.__qualname__, None) is cls
-    except ImportError:
+        found: Any = importlib.import_module(cls.__module__)
+        for name in cls.__qualname__.split("."):
+            found = getattr(found, name, None)
+    except Exception:  # (a module that fails to import here fails there too)
         return False
+    return found is cls
 
 
 def _staging_name(path: str) -> Path:

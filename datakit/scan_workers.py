@@ -30,12 +30,12 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
-import json
 import os
 import pickle
 import signal
 import subprocess
 import sys
+import time
 import traceback
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -137,16 +137,19 @@ def stop(pool: list[Worker], finished: bool) -> None:
         worker.outbox.close()
         if not finished and worker.process.poll() is None:
             worker.process.kill()
+    deadline = time.monotonic() + 5
     for worker in pool:
         try:
-            worker.process.wait(timeout=5 if finished else None)
+            worker.process.wait(timeout=max(0.0, deadline - time.monotonic()) if finished else None)
         except subprocess.TimeoutExpired:
             worker.process.kill()
             worker.process.wait()
         worker.inbox.close()
 
 
-LAUNCH = "import sys, json; sys.path[:] = json.loads(sys.argv[1]); from datakit.scan_workers import main; main()"
+# the worker's sys.path is the driver's, set before anything else is imported (a json.py in the
+# working folder must not shadow the standard library's): argv is fds, driver pid, then the path
+LAUNCH = "import sys; sys.path[:] = sys.argv[4:]; from datakit.scan_workers import main; main()"
 
 
 class Worker:
@@ -160,13 +163,19 @@ class Worker:
 
     @classmethod
     def start(cls) -> Worker:
+        path = [p for p in sys.path if isinstance(p, str)]  # (the import system skips any other entry)
         worker_reads, driver_writes = os.pipe()
-        driver_reads, worker_writes = os.pipe()
-        outbox, inbox = Connection(driver_writes, readable=False), Connection(driver_reads, writable=False)
-        arguments = [json.dumps(sys.path), str(worker_reads), str(worker_writes), str(os.getpid())]
+        outbox = Connection(driver_writes, readable=False)
+        try:
+            driver_reads, worker_writes = os.pipe()
+        except OSError:
+            outbox.close()
+            os.close(worker_reads)
+            raise
+        inbox = Connection(driver_reads, writable=False)
         try:
             process = subprocess.Popen(
-                [python_executable(), "-c", LAUNCH, *arguments],
+                [python_executable(), "-c", LAUNCH, str(worker_reads), str(worker_writes), str(os.getpid()), *path],
                 pass_fds=(worker_reads, worker_writes),
                 env={**os.environ, **WORKER_THREADS},
                 start_new_session=True,  # Ctrl-C at a terminal reaches the driver only, which stops the workers
@@ -191,7 +200,9 @@ class Worker:
     def send_bytes(self, data: bytes) -> None:
         try:
             self.outbox.send_bytes(data)
-        except OSError:  # the worker is gone: say why, not "broken pipe"
+        except OSError:  # the worker is gone: its own error if it sent one, else why; not "broken pipe"
+            if self.inbox.poll():
+                self.receive()
             raise self.ended() from None
 
     def receive(self) -> tuple:
@@ -206,8 +217,8 @@ class Worker:
 
     def ended(self) -> RuntimeError:
         code = self.process.wait()
-        how = f"killed by {signal.Signals(-code).name}" if code < 0 else f"exit status {code}"
-        hint = " (SIGKILL: out of memory? --workers 1 scans in one process)" if code == -signal.SIGKILL else ""
+        how = f"killed by signal {-code} ({signal.strsignal(-code)})" if code < 0 else f"exit status {code}"
+        hint = "; out of memory? --workers 1 scans in one process" if code == -signal.SIGKILL else ""
         return RuntimeError(f"a scan worker process ended unexpectedly ({how}){hint}")
 
 
@@ -270,7 +281,7 @@ def _die_with(driver: int) -> None:
 
 def main() -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the driver decides when to stop
-    inbox_fd, outbox_fd, driver = (int(a) for a in sys.argv[2:5])
+    inbox_fd, outbox_fd, driver = (int(a) for a in sys.argv[1:4])
     _die_with(driver)
     inbox = Connection(inbox_fd, writable=False)
     outbox = Connection(outbox_fd, readable=False)
@@ -279,6 +290,7 @@ def main() -> None:
     except BaseException as exc:  # handed to the driver, which raises it as if it were its own
         with contextlib.suppress(OSError):  # the driver is gone: nobody to tell
             outbox.send(("failed", transferable(exc)))
+        sys.exit(1)  # a failure is never an exit status of 0
 
 
 def transferable(exc: BaseException) -> BaseException:

@@ -441,22 +441,21 @@ def test_a_worker_process_killed_mid_scan_is_an_error_that_says_so(tmp: Path) ->
     errors: list[BaseException] = []
 
     def run() -> None:
+        executor = LocalExecutor(tmp / "work", workers=2, block_bytes=8_000)
         try:
-            datakit.run("dedupe", source, tmp / "out.jsonl", executor=LocalExecutor(workers=2, block_bytes=8_000))
+            datakit.run("dedupe", source, tmp / "out.jsonl", executor=executor)
         except BaseException as exc:
             errors.append(exc)
 
     thread = threading.Thread(target=run)
     thread.start()
     deadline = time.monotonic() + 60
-    workers = []
-    while len(workers) < 2 and time.monotonic() < deadline:
-        workers = [p for p in psutil.Process().children() if "scan_workers" in " ".join(p.cmdline())]
-        time.sleep(0.05)
-    time.sleep(1.0)  # into the scan
+    while not list((tmp / "work").rglob("*.parquet")) and time.monotonic() < deadline:
+        time.sleep(0.01)  # until the workers have scanned a block (of about 200)
+    workers = [p for p in psutil.Process().children() if "scan_workers" in " ".join(p.cmdline())]
     workers[0].send_signal(signal.SIGKILL)
     thread.join(timeout=60)
     assert not thread.is_alive()
-    assert len(errors) == 1 and "scan worker process ended unexpectedly (killed by SIGKILL)" in str(errors[0])
+    assert len(errors) == 1 and "scan worker process ended unexpectedly (killed by signal 9 (Killed)" in str(errors[0])
     assert not (tmp / "out.jsonl").exists()
     assert psutil.Process().children(recursive=True) == []

@@ -170,3 +170,15 @@ def test_parallel_and_serial_runs_agree_on_output_and_rejects(messy: Path, tmp: 
     with pytest.raises(datakit.ConversionError, match=r"big\.jsonl:2: malformed JSON"):
         datakit.convert(big, tmp / "fail.jsonl", to="openai", from_format="alpaca", workers=2)
     assert not (tmp / "fail.jsonl").exists()
+
+
+def test_an_option_error_crosses_between_processes_whole() -> None:
+    """A scan worker sends its errors to the driver pickled: an OptionError arrives with the
+    setting's name, so the CLI can still name the flag."""
+    import pickle
+
+    from datakit.errors import OptionError
+
+    error = pickle.loads(pickle.dumps(OptionError("threshold", "must be below 1")))
+    assert (type(error), error.key, error.problem, str(error)) == (
+        OptionError, "threshold", "must be below 1", "threshold: must be below 1")  # fmt: skip
