@@ -32,7 +32,7 @@ import polars as pl
 from datakit import formats
 from datakit.errors import DatakitError
 from datakit.formats import Read, ReadOptions, Rejected, Skipped, Used, WriteOptions
-from datakit.hardware import cpu_count
+from datakit.hardware import default_workers
 from datakit.io import (
     AtomicFile,
     RowWriter,
@@ -298,7 +298,7 @@ def convert_file(
                 raise ValueError("with on_error='skip' and output '-', name a rejects file")
             rejects = f"{output}.rejects.jsonl"
         summary.rejects_path = str(rejects)
-    workers = min(cpu_count(), 8) if workers is None else workers
+    workers = default_workers() if workers is None else workers
     parallel = (
         workers > 1 and str(input) != "-" and file_kind(input)[0] == "jsonl" and formats.get(from_format).ROW_LOCAL
     )

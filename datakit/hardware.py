@@ -28,6 +28,14 @@ def cpu_bf16_is_fast() -> bool:
     return bool(cpu_flags()["amx_bf16"])
 
 
+MAX_DEFAULT_WORKERS = 8  # worker pools by default: one per core, at most this many (each holds a block)
+
+
+def default_workers() -> int:
+    """How many worker processes a pool gets unless the user says: one per core, with a ceiling."""
+    return min(cpu_count(), MAX_DEFAULT_WORKERS)
+
+
 def cpu_count() -> int:
     """The cores this process may use: its CPU affinity (taskset, cpusets), and a container's CPU
     quota (cgroup v2 ``cpu.max``, as ``docker --cpus`` and Kubernetes limits set it) if lower,

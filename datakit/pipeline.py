@@ -46,7 +46,7 @@ import polars as pl
 from datakit import formats
 from datakit.errors import StepError
 from datakit.formats import Read, ReadOptions, Rejected, Skipped, Used
-from datakit.hardware import cpu_count
+from datakit.hardware import default_workers
 from datakit.io import RowWriter, file_kind, json_line, refuse_overwrite, scratch, spool_stdin
 from datakit.options import StepConfig
 from datakit.record import RecordError, from_frame, to_frame
@@ -55,7 +55,6 @@ BATCH_SIZE = 50_000  # records per batch: big enough for vectorised kernels, sma
 BUCKETS = 16  # partitions of a shuffled table; reduce holds one at a time
 ENCODED_ROWS = "_encoded_rows"  # the table of output rows encoded while scanning (see only_removes)
 WORKERS_FROM_BYTES = 64 << 20  # JSON-lines inputs this large are scanned by worker processes
-MAX_AUTO_WORKERS = 8  # as many by default, however many cores (convert's pool has the same ceiling)
 
 
 @dataclass
@@ -346,6 +345,17 @@ class Tables:
             yield pl.scan_parquet(sorted(folder.glob("*.parquet")))
 
 
+def scan_into(tables: Tables, step: Step, batch: Batch, encoded_rows: pl.DataFrame | None = None) -> None:
+    """Scan a batch and store its tables (and the output rows encoded for it, if any) as the part
+    named by its first position: the same wherever the scan runs (this process, a scan worker, a
+    Ray actor), so reduce and the write phase find the same parts."""
+    part = f"{batch.start:012d}"
+    for name, frame in step.scan(batch).items():
+        tables.write(name, frame, part)
+    if encoded_rows is not None:
+        tables.write(ENCODED_ROWS, encoded_rows, part)
+
+
 def write_part(frame: pl.DataFrame, path: Path) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".tmp")
@@ -573,7 +583,7 @@ class LocalExecutor:
     step allows it.
 
     ``workers``: how many scan processes (1: none, this process scans); by default one per core
-    (at most MAX_AUTO_WORKERS; a container's CPU quota counts) for files of WORKERS_FROM_BYTES or
+    (at most 8; a container's CPU quota counts) for files of WORKERS_FROM_BYTES or
     more. ``block_bytes``: the input each takes at a time."""
 
     name = "local"
@@ -601,7 +611,7 @@ class LocalExecutor:
             return self.workers
         # a worker takes a second or two to start (imports, compiled kernels): not worth it for less;
         # each holds a block and its records (about 0.5 GB), hence a ceiling however many cores
-        return min(cpu_count(), MAX_AUTO_WORKERS) if os.path.getsize(source) >= WORKERS_FROM_BYTES else 1
+        return default_workers() if os.path.getsize(source) >= WORKERS_FROM_BYTES else 1
 
     def execute(self, step: Step, source: Source, sink: Sink, report: Report, from_format, read_options) -> None:
         if not step.is_global():
@@ -619,8 +629,7 @@ class LocalExecutor:
                 from datakit.scan_workers import BLOCK_BYTES, Setup, run_scan
 
                 setup = Setup(type(step), step.config, step.paths, str(tmp), tables.buckets, str(source), from_format,
-                              read_options or ReadOptions(), sink.encoder if encoded else None, ENCODED_ROWS,
-                              self.batch_size)  # fmt: skip
+                              read_options or ReadOptions(), sink.encoder if encoded else None, self.batch_size)  # fmt: skip
                 with report.phase("scan"):
                     run_scan(setup, workers, self.block_bytes or BLOCK_BYTES, not_records)
                 step.notes.append(f"scanned by {workers} worker processes")
@@ -630,10 +639,7 @@ class LocalExecutor:
                 read = read_ahead((batch, sink.encode(batch.records) if encoded else None) for batch in batches)
                 with closing(read), report.phase("scan"):  # reading the input is part of it
                     for batch, rows in read:
-                        for name, frame in step.scan(batch).items():
-                            tables.write(name, frame, f"{batch.start:012d}")
-                        if encoded:
-                            tables.write(ENCODED_ROWS, rows, f"{batch.start:012d}")
+                        scan_into(tables, step, batch, rows)
             with report.phase("reduce"):
                 step.reduce(tables)
             if encoded:

@@ -31,7 +31,7 @@ import polars as pl
 
 from datakit.errors import DatakitError
 from datakit.io import scratch
-from datakit.pipeline import BATCH_SIZE, Batch, Report, Sink, Source, Step, Tables, read_batches, write_part
+from datakit.pipeline import BATCH_SIZE, Batch, Report, Sink, Source, Step, Tables, read_batches, scan_into, write_part
 from datakit.record import from_frame, to_frame
 
 
@@ -68,9 +68,7 @@ class StepWorker:
 
     def scan(self, shard: str, start: int, tables_root: str) -> int:
         batch = _read_shard(shard, start)
-        tables = Tables(tables_root, self.step.shuffle)
-        for name, frame in self.step.scan(batch).items():
-            tables.write(name, frame, f"{start:012d}")
+        scan_into(Tables(tables_root, self.step.shuffle), self.step, batch)
         return len(batch)
 
     def take(self, decision: Any) -> None:

@@ -65,7 +65,6 @@ class Setup:
     format: str
     read_options: ReadOptions
     encoder: Callable | None  # pipeline.RowEncoder, or None when the output rows are not made while scanning
-    encoded_rows: str  # the table name of the encoded rows
     batch_size: int  # records a scan takes at a time (a block of short rows holds more)
 
 
@@ -234,7 +233,7 @@ def python_executable() -> str:
 
 def serve(inbox: Connection, outbox: Connection) -> None:
     """A worker's life: the setup, then blocks until the driver closes the pipe."""
-    from datakit.pipeline import Batch, Tables, records_of
+    from datakit.pipeline import Batch, Tables, records_of, scan_into
 
     setup: Setup = pickle.loads(inbox.recv_bytes())
     step = setup.step_class(setup.config, setup.paths)
@@ -260,11 +259,7 @@ def serve(inbox: Connection, outbox: Connection) -> None:
         for offset in range(0, len(records), setup.batch_size):  # parts as the local executor cuts them
             end = offset + setup.batch_size
             batch = Batch(records[offset:end], start + offset, locations[offset:end])
-            part = f"{batch.start:012d}"
-            for name, frame in step.scan(batch).items():
-                tables.write(name, frame, part)
-            if rows is not None:
-                tables.write(setup.encoded_rows, rows.slice(offset, setup.batch_size), part)
+            scan_into(tables, step, batch, None if rows is None else rows.slice(offset, setup.batch_size))
         outbox.send(("done",))
 
 
