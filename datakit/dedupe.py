@@ -378,7 +378,8 @@ class Dedupe(Step):
     def scan(self, batch: Batch) -> dict[str, pl.DataFrame]:
         config = self.config
         raw = [record_text(r, config.on) for r in batch.records]
-        texts = Texts.of(raw)
+        guarded = config.value_guard and self.stages != ("exact",)  # the guard reads the texts of pairs
+        texts = Texts.of(raw, keep_nfkc=guarded)
         text = texts.raw
         position = pl.Series("position", np.arange(batch.start, batch.start + len(batch), dtype=np.uint64))
         records = pl.DataFrame(
@@ -393,8 +394,8 @@ class Dedupe(Step):
         if config.keep.startswith("score:"):
             records = records.with_columns(score=pl.Series(meta_scores(to_frame(batch.records), config.keep[6:])))
         tables = {"records": records}
-        if config.value_guard and self.stages != ("exact",):  # the guard reads the texts of pairs
-            tables["texts"] = pl.DataFrame({"position": position, "text": text})
+        if guarded:  # NFKC already, so reduce does not normalise them again
+            tables["texts"] = pl.DataFrame({"position": position, "text": texts.nfkc})
         if "minhash" in self.stages:
             hashes, offsets = minhash.shingle_hashes(texts, config.ngram)
             texts.drop_words()
@@ -430,7 +431,7 @@ class Dedupe(Step):
             rows, found = [], 0
             for part in tables.each_part("texts"):
                 texts = part.filter(_alive(wanted)).sort("position").collect()["text"]
-                rows.append(value_rows(texts, first=found))
+                rows.append(value_rows(texts, first=found, nfkc=True))
                 found += len(texts)
             return Values.from_rows(pl.concat(rows), found)
 

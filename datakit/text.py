@@ -93,15 +93,22 @@ class Texts:
         self.shared: dict = {} if shared is None else shared
 
     @classmethod
-    def of(cls, texts: pl.Series | list[str]) -> Texts:
+    def of(cls, texts: pl.Series | list[str], keep_nfkc: bool = False) -> Texts:
+        """``keep_nfkc``: keep the NFKC texts too (``nfkc``), for a caller that looks at them
+        again (dedupe's value guard), rather than normalise them twice."""
         series = pl.Series("text", texts, dtype=pl.String).fill_null("")
-        normalise = pl.LazyFrame({"text": series}).select(pl.col("text").str.normalize("NFKC").str.to_lowercase())
-        # passed on, not kept here: the pass then holds one copy of the normalised texts
-        words, word_offsets, exact_key, exact_length = words_and_exact_keys(
-            normalise.collect(engine="streaming")["text"]
-        )
+        nfkc = pl.col("text").str.normalize("NFKC")
+        normalise = pl.LazyFrame({"text": series})
+        if keep_nfkc:
+            normalise = normalise.select(nfkc=nfkc).with_columns(text=pl.col("nfkc").str.to_lowercase())
+        else:
+            normalise = normalise.select(nfkc.str.to_lowercase())
+        normalised = normalise.collect(engine="streaming")
+        # passed on, not kept here: the pass then holds one copy of the lower-cased texts
+        words, word_offsets, exact_key, exact_length = words_and_exact_keys(normalised.drop_in_place("text"))
+        shared = {"words": (words, word_offsets), **({"nfkc": normalised["nfkc"]} if keep_nfkc else {})}
         frame = pl.DataFrame({"exact_key": exact_key, "exact_length": exact_length})
-        return cls(series, frame, shared={"words": (words, word_offsets)})
+        return cls(series, frame, shared=shared)
 
     def __len__(self) -> int:
         return len(self.index)
@@ -122,6 +129,13 @@ class Texts:
     @property
     def raw(self) -> pl.Series:
         return self._raw.gather(self.index)
+
+    @property
+    def nfkc(self) -> pl.Series:
+        """The NFKC texts of this view (not lower-cased); kept only when made with ``keep_nfkc``."""
+        if "nfkc" not in self.shared:
+            raise RuntimeError("the NFKC texts were not kept (Texts.of(..., keep_nfkc=True))")
+        return self.shared["nfkc"].gather(self.index)
 
     def all_words(self) -> tuple[np.ndarray, np.ndarray]:
         """(uint64 hash of every word, in order; offsets: text d's words are [offsets[d], offsets[d+1]))

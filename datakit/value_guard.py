@@ -75,10 +75,12 @@ class Values:
         )
 
 
-def value_rows(texts: pl.Series | list[str], first: int = 0) -> pl.DataFrame:
+def value_rows(texts: pl.Series | list[str], first: int = 0, nfkc: bool = False) -> pl.DataFrame:
     """Rows (text, value) of each text's values, found in the NFKC text and lower-cased; texts are
-    numbered from ``first``, so the rows of several slices can be put together."""
+    numbered from ``first``, so the rows of several slices can be put together. ``nfkc``: the
+    texts are NFKC already (normalising is half the work, and NFKC of NFKC is the same text)."""
     series = pl.Series("text", texts, dtype=pl.String).fill_null("")
+    text = pl.col("text") if nfkc else pl.col("text").str.normalize("NFKC")
     value = pl.col("value")
     # one query per core: polars runs extract_all on one thread otherwise
     size = max(1, -(-len(series) // pl.thread_pool_size()))
@@ -86,7 +88,7 @@ def value_rows(texts: pl.Series | list[str], first: int = 0) -> pl.DataFrame:
         pl.LazyFrame([series.slice(i, size)])
         .select(
             text=pl.int_range(first + i, first + i + pl.len(), dtype=pl.Int64),
-            value=pl.col("text").str.normalize("NFKC").str.extract_all(CANDIDATE),
+            value=text.str.extract_all(CANDIDATE),
         )
         .explode("value")
         .filter(value.str.contains(DIGIT) | value.str.contains(NAME))

@@ -4,6 +4,7 @@ hold them; random garbage gives a reason, never a crash or a silent drop."""
 from __future__ import annotations
 
 import json
+import unicodedata
 from pathlib import Path
 
 from hypothesis import HealthCheck, given, settings
@@ -258,6 +259,24 @@ def test_values_are_what_the_value_pattern_matches(texts: list[str]) -> None:
     rows = value_rows(texts)
     found = [rows.filter(pl.col("text") == k)["value"].to_list() for k in range(len(texts))]
     assert found == expected.to_list()
+
+
+# characters NFKC changes (fullwidth forms, a ligature, superscripts, circled and roman numerals,
+# a unit sign, a no-break space, a decomposed accent it composes) among ones it keeps
+COMPATIBLE = "ＡＢｃ１２，ﬁ²₃①Ⅻ㎏\u00a0e\u0301Zé東 1."
+
+
+@settings(max_examples=200, deadline=None)
+@given(texts=st.lists(st.text(COMPATIBLE, max_size=24), min_size=1, max_size=6))
+def test_the_guard_finds_the_same_values_in_the_texts_dedupe_keeps_normalised(texts: list[str]) -> None:
+    """Dedupe's scan keeps each text's NFKC form for the value guard, which then skips its own
+    NFKC: the values must be those of the texts as written."""
+    from datakit.text import Texts
+    from datakit.value_guard import value_rows
+
+    kept = Texts.of(texts, keep_nfkc=True).nfkc
+    assert kept.to_list() == [unicodedata.normalize("NFKC", t) for t in texts]
+    assert value_rows(kept, nfkc=True).equals(value_rows(texts))
 
 
 VALUES = ["17", "25", "38", "4", "france", "frnace", "germany", "paris", "pari", "natalia", "natalie", "berlin"]
