@@ -396,7 +396,7 @@ class Dedupe(Step):
             records = records.with_columns(score=pl.Series(meta_scores(to_frame(batch.records), config.keep[6:])))
         tables = {"records": records}
         if guarded:  # NFKC already, so reduce does not normalise them again
-            tables["texts"] = pl.DataFrame({"position": position, "text": texts.nfkc})
+            tables["texts"] = pl.DataFrame({"position": position, "nfkc": texts.nfkc})
         if "minhash" in self.stages:
             hashes, offsets = minhash.shingle_hashes(texts, config.ngram)
             texts.drop_words()
@@ -431,7 +431,7 @@ class Dedupe(Step):
             wanted[positions] = True
             rows, found, in_pairs = [], 0, _alive(wanted)  # (made once: a literal of n values)
             for part in tables.each_part("texts"):
-                texts = part.filter(in_pairs).sort("position").collect()["text"]
+                texts = part.filter(in_pairs).sort("position").collect()["nfkc"]
                 rows.append(value_rows(texts, first=found, nfkc=True))
                 found += len(texts)
             return Values.from_rows(pl.concat(rows), found)

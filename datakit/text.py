@@ -75,7 +75,8 @@ class Texts:
 
     Polars normalises and lower-cases the texts (every core); one compiled pass over the bytes
     of the result then finds the words and the exact key (see ``_analyse``). Only these are
-    kept, not the normalised strings, to hold a million texts in memory. The value guard's
+    kept, not the lower-cased strings, to hold a million texts in memory; the NFKC strings are
+    kept only when asked (``of(..., keep_nfkc=True)``: dedupe's value guard reads them). The value guard's
     values are not among them: only records in a similar pair need them (a fifth of a typical
     set), so ``datakit.value_guard`` finds them for those records alone.
 

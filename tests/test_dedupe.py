@@ -235,6 +235,45 @@ def test_value_guard_tells_templates_from_typos() -> None:
     assert not changed_values("Instruction: Name a colour.", "Name a colour.")
 
 
+def test_the_value_guard_compares_values_as_nfkc_makes_them(tmp: Path) -> None:
+    """ "１７" (fullwidth) and "17" are one number once NFKC-normalised: near copies that differ by
+    that (and a typo, so they are no exact copies) are duplicates, not swapped values. The scan
+    keeps the NFKC texts for the guard, spread here over many parts by small batches."""
+    from datakit.pipeline import LocalExecutor
+
+    rng = random.Random(3)
+    words = [
+        "the",
+        "quick",
+        "brown",
+        "fox",
+        "jumps",
+        "over",
+        "a",
+        "lazy",
+        "dog",
+        "while",
+        "seven",
+        "small",
+        "birds",
+        "sing",
+        "about",
+        "old",
+        "towns",
+    ]
+    rows = []
+    for k in range(12):
+        body = " ".join(rng.choice(words) for _ in range(60))
+        rows.append({"instruction": f"Question {k}: Natalia sold １７ clips in April and then {body}", "output": "ok"})
+        rows.append({"instruction": f"Question {k}: Natalia sold 17 clips in Aprli and then {body}", "output": "ok"})
+    path = write_jsonl(tmp / "fullwidth.jsonl", rows)
+    report = datakit.run(
+        "dedupe", path, tmp / "out.jsonl", method="minhash", executor=LocalExecutor(batch_size=5)
+    ).report
+    assert report.removed == {"minhash duplicate": 12}
+    assert "; 0 kept apart by the value guard" in " ".join(report.notes)
+
+
 def test_bad_input_names_the_line(tmp: Path) -> None:
     path = tmp / "bad.jsonl"
     path.write_text('{"instruction": "a", "output": "b"}\n{"instruction": "c"}\n')

@@ -266,7 +266,7 @@ def test_values_are_what_the_value_pattern_matches(texts: list[str]) -> None:
 COMPATIBLE = "ＡＢｃ１２，ﬁ²₃①Ⅻ㎏\u00a0e\u0301Zé東 1."
 
 
-@settings(max_examples=200, deadline=None)
+@settings(max_examples=50, deadline=None)  # a small alphabet: 50 examples cover it
 @given(texts=st.lists(st.text(COMPATIBLE, max_size=24), min_size=1, max_size=6))
 def test_the_guard_finds_the_same_values_in_the_texts_dedupe_keeps_normalised(texts: list[str]) -> None:
     """Dedupe's scan keeps each text's NFKC form for the value guard, which then skips its own
