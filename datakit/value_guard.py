@@ -82,7 +82,7 @@ def value_rows(texts: pl.Series | list[str], first: int = 0, nfkc: bool = False)
     numbered from ``first``, so the rows of several slices can be put together. ``nfkc``: the
     texts are NFKC already (normalising is half the work, and NFKC of NFKC is the same text)."""
     series = pl.Series("text", texts, dtype=pl.String).fill_null("")
-    text = pl.col("text") if nfkc else pl.col("text").str.normalize("NFKC")
+    normalised = pl.col("text") if nfkc else pl.col("text").str.normalize("NFKC")
     value = pl.col("value")
     # one query per core: polars runs extract_all on one thread otherwise
     size = max(1, -(-len(series) // pl.thread_pool_size()))
@@ -90,7 +90,7 @@ def value_rows(texts: pl.Series | list[str], first: int = 0, nfkc: bool = False)
         pl.LazyFrame([series.slice(i, size)])
         .select(
             text=pl.int_range(first + i, first + i + pl.len(), dtype=pl.Int64),
-            value=text.str.extract_all(CANDIDATE),
+            value=normalised.str.extract_all(CANDIDATE),
         )
         .explode("value")
         .filter(value.str.contains(DIGIT) | value.str.contains(NAME))
