@@ -7,7 +7,7 @@ import json
 import unicodedata
 from pathlib import Path
 
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 import datakit
@@ -220,6 +220,8 @@ WORDY = "aZéǅİ東ひカ한\U00020000。\U00010428\u0301٣2_-.,  \t\n\r\x0b\x8
 
 @settings(max_examples=300, deadline=None)
 @given(texts=st.lists(st.text(WORDY, max_size=30), min_size=1, max_size=6))
+# the most words a text of its length can hold (the pass makes room for b // 2 + 1 in b bytes)
+@example(texts=["a東" * 40, "a " * 40, "a", "", "東" * 40, "a\U00020000" * 20, "é東" * 20])
 def test_the_compiled_pass_finds_the_words_and_exact_key_the_patterns_define(texts: list[str]) -> None:
     """Words are WORD_PATTERN's matches in the NFKC, lower-cased text, and the exact key is that
     text with each whitespace run made one space and stripped: the compiled pass over the
@@ -237,6 +239,45 @@ def test_the_compiled_pass_finds_the_words_and_exact_key_the_patterns_define(tex
     exact = lower.str.replace_all(r"\s+", " ").str.strip_chars()
     assert found.column("exact_length").to_list() == exact.str.len_bytes().to_list()
     assert found.column("exact_key").to_list() == [_plain_hash(t.encode(), int(EXACT_BASIS)) for t in exact]
+
+
+# what NFKC changes alone (fullwidth ，Ａ, the ﬁ ligature, ², ①, the unit ㎏, a no-break space,
+# the half-width katakana ｶ and its sound mark ﾞ, which NFKC joins into ガ) and in context (a
+# decomposed é, a Hangul syllable and jamo that compose, ë with a dialytika tonos that decomposes
+# into two marks, a Tibetan vowel whose decomposition starts with a mark, marks out of order),
+# and a character Python's Unicode data lacks
+NFKC_CASES = "a，Ａﬁ²①㎏\u00a0ｶﾞe\u0301\u0344가\u1100\u1161\u11a8\u0f73\u0323\u0307東 \U0001f600\U0001fae8"
+
+
+@settings(max_examples=300, deadline=None)
+@given(texts=st.lists(st.text(NFKC_CASES, max_size=12), min_size=1, max_size=8))
+@example(texts=["e\u0301", "\u1100\u1161\u11a8", "가\u11a8", "x\u0307\u0323", "ｶﾞ", "a\u0344", "a\u0f73", "ﬁ，²"])
+def test_nfkc_by_character_is_nfkc(texts: list[str]) -> None:
+    """The table's NFKC (a text of characters that normalise on their own, copied character by
+    character; polars for the rest) is polars' NFKC, text for text."""
+    import polars as pl
+
+    from datakit.text import normalise_nfkc
+
+    series = pl.Series(texts)
+    assert normalise_nfkc(series, table_from=0).to_list() == series.str.normalize("NFKC").to_list()
+
+
+def test_nfkc_by_character_holds_for_every_code_point() -> None:
+    """Every code point alone, doubled, between a letter and a combining mark, before a Hangul
+    trailing consonant and after a leading one: wherever the table copies a character's NFKC
+    form, that is what NFKC makes of it there."""
+    import numpy as np
+    import polars as pl
+
+    from datakit.text import normalise_nfkc
+
+    one_each = pl.Series([chr(p) for p in np.r_[0:0xD800, 0xE000:0x110000].tolist()])
+    for texts in (one_each, one_each + one_each, "x" + one_each + "\u0301", one_each + "\u11a8", "\u1100" + one_each):
+        expected = texts.str.normalize("NFKC")
+        found = normalise_nfkc(texts, table_from=0)
+        wrong = (found != expected).arg_true()
+        assert wrong.len() == 0, [texts[i] for i in wrong.head(5).to_list()]
 
 
 # letters of every case (titlecase ǅ, modifier ʰ, other Lo 東), digits of other scripts (٣) and
