@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
 
+import numpy as np
 import orjson
 import polars as pl
 import pyarrow as pa
@@ -187,10 +188,17 @@ def read_block(file: str, block: bytes | tuple[int, int]) -> bytes:
 
 def block_rows(file: str, block: bytes | tuple[int, int], first_line: int) -> Iterator[SourceRow]:
     """The rows of one of ``line_blocks``'s blocks, numbered as ``read_rows`` numbers them."""
-    lines = read_block(file, block).split(b"\n")
-    for n, text in enumerate(lines):
+    data = read_block(file, block)
+    # a line at a time, not split into a list: each line's bytes are freed once parsed (and their
+    # memory reused), rather than thousands of them held at once (a quarter faster)
+    start, line = 0, first_line
+    while start < len(data):
+        end = data.find(b"\n", start)
+        end = len(data) if end < 0 else end
+        text = data[start:end]
         if text.strip():  # blank lines hold no record
-            yield parse_json_line(text, file, first_line + n - 1, first_line + n)
+            yield parse_json_line(text, file, line - 1, line)
+        start, line = end + 1, line + 1
 
 
 def _read_jsonl_lines(f: IO[bytes], file: str) -> Iterator[SourceRow]:
@@ -422,6 +430,26 @@ def conform(row: dict[str, Any], schema: pl.Schema) -> dict[str, Any]:
         value = row.get(key)
         out[key] = _table_value(value) if dtype == pl.String else value
     return out
+
+
+def buffers_of(values: pl.Series) -> tuple[np.ndarray, np.ndarray]:
+    """(the bytes of all the values of a String or Binary series without nulls, int64 offsets:
+    value d is bytes [offsets[d], offsets[d + 1])), without a copy per value (Arrow's large layout)."""
+    if values.null_count():
+        raise ValueError("buffers_of needs values without nulls (fill them first)")
+    array = values.rechunk().to_arrow(compat_level=pl.CompatLevel.oldest())  # large_string or large_binary
+    _, offsets, data = array.buffers()
+    offsets = np.frombuffer(offsets, dtype=np.int64)[array.offset : array.offset + len(array) + 1]
+    data = np.frombuffer(data, dtype=np.uint8) if data is not None else np.zeros(0, dtype=np.uint8)
+    return data, offsets
+
+
+def series_of_buffers(name: str, data: Any, offsets: np.ndarray, dtype: pl.DataType) -> pl.Series:
+    """A String or Binary series whose value d is bytes [offsets[d], offsets[d + 1]) of ``data``
+    (int64 offsets; any bytes-like data): one buffer for all the values, not an object each."""
+    kind = pa.large_string() if dtype == pl.String else pa.large_binary()
+    buffers = [None, pa.py_buffer(offsets), pa.py_buffer(data)]
+    return pl.Series(name, pa.Array.from_buffers(kind, len(offsets) - 1, buffers))
 
 
 def json_line(row: dict[str, Any]) -> bytes:

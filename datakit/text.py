@@ -15,7 +15,8 @@ from typing import Any
 import numba
 import numpy as np
 import polars as pl
-import pyarrow as pa
+
+from datakit.io import buffers_of, series_of_buffers
 
 ON_CHOICES = ("prompt", "response", "all")
 # Words are WORD_PATTERN's matches in the NFKC, lower-cased text: one token per CJK character
@@ -163,10 +164,9 @@ def normalise_nfkc(texts: pl.Series, table_from: int = NFKC_TABLE_FROM) -> pl.Se
     Xeon with AMX, one thread): 6.5 us a text with polars, 2.2 with the table."""
     if len(texts) < table_from:
         return texts.str.normalize("NFKC")
-    data, offsets = utf8_buffers(texts)
+    data, offsets = buffers_of(texts)
     bytes_out, offsets_out, done = _nfkc_by_character(data, offsets, *nfkc_table())
-    array = pa.LargeStringArray.from_buffers(len(done), pa.py_buffer(offsets_out), pa.py_buffer(bytes_out))
-    normal = pl.Series(texts.name, array)
+    normal = series_of_buffers(texts.name, bytes_out, offsets_out, pl.String)
     rest = np.flatnonzero(~done)
     if len(rest):
         normal = normal.scatter(rest, texts.gather(rest).str.normalize("NFKC"))
@@ -286,21 +286,9 @@ def character_classes() -> np.ndarray:
 def words_and_exact_keys(normalised: pl.Series) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """(word hashes, word offsets per text, exact key hashes, exact key lengths) of texts already
     NFKC-normalised and lower-cased (no nulls): the compiled pass, ``_analyse``."""
-    data, offsets = utf8_buffers(normalised)
+    data, offsets = buffers_of(normalised)
     del normalised  # the bytes are an Arrow copy: one copy is held during the pass, not two
     return _analyse(data, offsets, character_classes())
-
-
-def utf8_buffers(texts: pl.Series) -> tuple[np.ndarray, np.ndarray]:
-    """(the UTF-8 bytes of all the texts, int64 offsets: text d is bytes [offsets[d], offsets[d+1])),
-    without a copy per text (Arrow's large string layout). The texts may not be null."""
-    if texts.null_count():
-        raise ValueError("utf8_buffers needs texts without nulls (fill them first)")
-    array = texts.rechunk().to_arrow(compat_level=pl.CompatLevel.oldest())  # large_string
-    _, offsets, data = array.buffers()
-    offsets = np.frombuffer(offsets, dtype=np.int64)[array.offset : array.offset + len(array) + 1]
-    data = np.frombuffer(data, dtype=np.uint8) if data is not None else np.zeros(0, dtype=np.uint8)
-    return data, offsets
 
 
 @numba.njit(cache=True, nogil=True, inline="always")
