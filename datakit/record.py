@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import contextlib
 import gc
+import threading
 from collections.abc import Iterable, Iterator
 from typing import Any
 
@@ -239,10 +240,23 @@ def few_gc_passes() -> Iterator[None]:
     every so often) spends about a fifth of the time it takes to read or convert rows on passes
     that free nothing. Measured (Intel Xeon with AMX, 2 cores): reading blocks of an Alpaca
     JSON-lines file into canonical records and encoding them again took 20.5 us a record with
-    the defaults and 16.9 with a pass every 50,000 new containers."""
-    old = gc.get_threshold()
-    gc.set_threshold(50_000, old[1], old[2])
+    the defaults and 16.9 with a pass every 50,000 new containers.
+
+    The threshold is the whole process's: the first of overlapping users (threads running
+    datakit at once) sets it and the last one out puts back what it was."""
+    with _gc_users_lock:
+        if not _gc_users:
+            _gc_users.append(gc.get_threshold())  # the threshold to put back
+            gc.set_threshold(50_000, *_gc_users[0][1:])
+        _gc_users.append(None)
     try:
         yield
     finally:
-        gc.set_threshold(*old)
+        with _gc_users_lock:
+            _gc_users.pop()
+            if len(_gc_users) == 1:
+                gc.set_threshold(*_gc_users.pop())
+
+
+_gc_users: list = []  # while few_gc_passes is in use: the threshold before it, then one entry a user
+_gc_users_lock = threading.Lock()

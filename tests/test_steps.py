@@ -190,3 +190,37 @@ def test_rows_a_reader_leaves_out_are_counted_in_a_steps_report(step: str, tmp_p
     assert report.read == converted.rows_converted
     assert sum(report.rows_not_records.values()) == converted.rows_skipped
     assert f"input rows that are not records: {converted.rows_skipped}" in report.text()
+
+
+def test_runs_in_two_threads_leave_the_garbage_collector_as_it_was() -> None:
+    """datakit collects reference cycles less often while it makes records (a setting of the
+    whole interpreter); two threads whose runs overlap, the first to start ending first, must
+    not leave it changed for the rest of the user's program."""
+    import gc
+
+    from datakit.record import few_gc_passes
+
+    before = gc.get_threshold()
+    first_in, second_in, first_out = threading.Event(), threading.Event(), threading.Event()
+    seen = []
+
+    def first() -> None:
+        with few_gc_passes():
+            first_in.set()
+            second_in.wait(10)
+        first_out.set()
+
+    def second() -> None:
+        first_in.wait(10)
+        with few_gc_passes():
+            second_in.set()
+            first_out.wait(10)
+            seen.append(gc.get_threshold())  # the first run has ended; this one still runs
+
+    threads = [threading.Thread(target=first), threading.Thread(target=second)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(20)
+    assert seen and seen[0][0] > before[0]
+    assert gc.get_threshold() == before
