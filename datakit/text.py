@@ -173,6 +173,13 @@ def normalise_nfkc(texts: pl.Series, table_from: int = NFKC_TABLE_FROM) -> pl.Se
     return normal
 
 
+def every_character() -> tuple[np.ndarray, list[str]]:
+    """(every code point but the surrogates, each as a one-character string): what the tables of
+    this module are made over, with polars' own regex engine and NFKC."""
+    points = np.r_[0:0xD800, 0xE000:0x110000]
+    return points, [chr(p) for p in points.tolist()]
+
+
 @functools.cache
 def nfkc_table() -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """(alone bool[0x110000], mapped bool[0x110000], offsets int64[0x110001], UTF-8 bytes), made
@@ -187,8 +194,7 @@ def nfkc_table() -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     then composes or reorders with what follows (UAX #15, the boundaries ICU's normaliser
     splits a text at). ``mapped[c]``: NFKC changes c; its NFKC form, by polars, is
     ``bytes[offsets[c]:offsets[c + 1]]``."""
-    points = np.r_[0:0xD800, 0xE000:0x110000]  # every code point but the surrogates
-    chars = [chr(p) for p in points.tolist()]
+    points, chars = every_character()
     one_each = pl.Series(chars)
     normal = one_each.str.normalize("NFKC")
     first = one_each.str.normalize("NFKD").str.slice(0, 1).to_list()
@@ -266,9 +272,8 @@ def character_classes() -> np.ndarray:
     White_Space), so the compiled pass splits words and whitespace exactly where those would.
     A CJK character is one word even when it is not a word character (WORD_PATTERN's first
     alternative matches it). Made once a process (0.3 s)."""
-    points = np.r_[0:0xD800, 0xE000:0x110000]  # every code point but the surrogates
-    one_each = pl.Series(["".join(map(chr, points.tolist()))]).str.split("").explode()
-    found = pl.DataFrame({"c": one_each}).select(
+    points, chars = every_character()
+    found = pl.DataFrame({"c": chars}).select(
         cjk=pl.col("c").str.contains(f"^[{CJK}]$"),
         word=pl.col("c").str.contains(r"^\w$"),
         space=pl.col("c").str.contains(r"^\s$"),
