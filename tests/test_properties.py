@@ -376,6 +376,46 @@ def test_candidate_pairs_are_made_distinct_and_sorted(pairs: list[tuple[int, int
     assert [tuple(p) for p in got.tolist()] == expected
 
 
+@settings(max_examples=150, deadline=None)
+@given(
+    rows=st.lists(st.tuples(st.integers(0, 2), st.integers(0, 5)), max_size=80),
+    most=st.integers(1, 4),
+    bits=st.sampled_from([6, 7, None]),
+)
+def test_bucket_pairs_are_the_pairs_of_each_shared_bucket(rows, most: int, bits: int | None) -> None:
+    """Each bucket (band, key) of up to ``most`` records gives all its pairs, a bigger one a
+    star on its first record and a chain; records alone give none. ``bits`` 6 or 7 makes the
+    table of bits that drops lone rows so small that many lone rows share a bit with others."""
+    from unittest import mock
+
+    import numpy as np
+    import polars as pl
+
+    from datakit import minhash
+
+    frame = pl.DataFrame(
+        {
+            "band": np.array([b for b, _ in rows], dtype=np.uint16),
+            "key": np.array([k * 0x9E3779B97F4A7C15 % 2**64 for _, k in rows], dtype=np.uint64),
+            "position": np.arange(len(rows), dtype=np.uint64)[::-1].copy(),  # not in row order
+        }
+    )
+    buckets: dict = {}
+    for (band, key), position in zip(rows, frame["position"].to_list(), strict=True):
+        buckets.setdefault((band, key), []).append(position)
+    expected = []
+    for members in buckets.values():
+        members.sort()
+        if len(members) <= most:
+            expected += [(a, b) for i, a in enumerate(members) for b in members[i + 1 :]]
+        else:
+            expected += [(members[0], b) for b in members[1:]] + list(zip(members, members[1:], strict=False))
+    table_bits = (lambda rows: bits) if bits else minhash._bits_for
+    with mock.patch.object(minhash, "MAX_BUCKET_PAIRS", most), mock.patch.object(minhash, "_bits_for", table_bits):
+        got = minhash.bucket_pairs(frame)
+    assert sorted(map(tuple, got.tolist())) == sorted(expected)
+
+
 @settings(max_examples=200, deadline=None)
 @given(pairs=st.lists(st.tuples(st.integers(0, 40), st.integers(0, 40)), max_size=60))
 def test_records_in_pairs_are_renumbered_as_unique_would(pairs: list[tuple[int, int]]) -> None:
