@@ -306,11 +306,13 @@ class StageClusters:
 def review_rows(found: list[StageClusters], id_column: pl.Series) -> Iterator[dict[str, Any]]:
     """The clusters file, a cluster a line: the kept record, and each removed one with its
     similarity to the kept one and the pair that linked it."""
-    clustered = np.unique(np.concatenate([m for stage in found for _, m, _ in stage.clusters] or [np.zeros(0, int)]))
+    n = len(id_column)
+    in_a_cluster = np.zeros(n, dtype=bool)  # marked, not sorted as np.unique would (0.25 s at 1M records)
+    in_a_cluster[np.concatenate([m for stage in found for _, m, _ in stage.clusters] or [np.zeros(0, int)])] = True
+    clustered = np.flatnonzero(in_a_cluster)
     ids = dict(
         zip(clustered.tolist(), id_column.gather(clustered).to_list(), strict=True)
     )  # one gather, not one a cluster
-    n = len(id_column)
     for stage in found:
         if not stage.clusters:
             continue

@@ -152,6 +152,35 @@ def test_random_bytes_lines_are_all_accounted_for(lines: list[bytes], tmp_path_f
     assert summary.rows_read == summary.rows_converted + summary.rows_rejected + summary.rows_skipped
 
 
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(data=st.lists(st.binary(max_size=12), max_size=12).map(b"\n".join), size=st.integers(1, 40))
+def test_blocks_of_lines_are_size_bytes_and_the_rest_of_their_last_line(
+    data: bytes, size: int, tmp_path_factory
+) -> None:
+    """The scan's blocks of lines, of a plain file (byte ranges) and of its gzip (bytes): each
+    is ``size`` bytes and the rest of the line they end in, numbered by its first line, and
+    together they are the whole file."""
+    import gzip
+
+    from datakit.io import line_blocks, read_block
+
+    expected, start, first = [], 0, 1
+    while start < len(data):
+        end = data.find(b"\n", start + size) + 1 or len(data) if start + size < len(data) else len(data)
+        expected.append((data[start:end], first))
+        first += data[start:end].count(b"\n")
+        start = end
+    folder = tmp_path_factory.mktemp("blocks")
+    (folder / "a.jsonl").write_bytes(data)
+    (folder / "a.jsonl.gz").write_bytes(gzip.compress(data))
+    plain = [
+        (read_block(str(folder / "a.jsonl"), block), first)
+        for block, first in line_blocks(str(folder / "a.jsonl"), size)
+    ]
+    assert plain == expected
+    assert list(line_blocks(str(folder / "a.jsonl.gz"), size)) == expected
+
+
 # --- dedupe's kernels against their plain definitions ---------------------------------------
 
 words = st.text("abcdeéß中", min_size=1, max_size=9)
