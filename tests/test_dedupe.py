@@ -498,3 +498,22 @@ def test_a_worker_process_killed_mid_scan_is_an_error_that_says_so(tmp: Path) ->
     assert len(errors) == 1 and "scan worker process ended unexpectedly (killed by signal 9 (Killed)" in str(errors[0])
     assert not (tmp / "out.jsonl").exists()
     assert psutil.Process().children(recursive=True) == []
+
+
+def test_scan_workers_keep_freed_memory_unless_the_user_set_the_allocators(monkeypatch) -> None:
+    """Scan workers start with allocator settings that keep freed memory for the next block
+    (and one thread each); a setting the user's environment has is left as the user set it."""
+    import psutil
+
+    from datakit.scan_workers import WORKER_ALLOCATORS, Worker, stop
+
+    monkeypatch.setenv("_RJEM_MALLOC_CONF", "narenas:1")
+    monkeypatch.delenv("MALLOC_TRIM_THRESHOLD_", raising=False)
+    worker = Worker.start()
+    try:
+        environment = psutil.Process(worker.process.pid).environ()
+    finally:
+        stop([worker], finished=False)
+    assert environment["_RJEM_MALLOC_CONF"] == "narenas:1"
+    assert environment["MALLOC_TRIM_THRESHOLD_"] == WORKER_ALLOCATORS["MALLOC_TRIM_THRESHOLD_"]
+    assert environment["POLARS_MAX_THREADS"] == "1"
