@@ -104,7 +104,7 @@ from datakit.formats import Read
 from datakit.pipeline import Sink, write_part
 from datakit.record import few_gc_passes
 from datakit.text import Texts, normalise_nfkc, record_text, words_and_exact_keys
-from datakit.value_guard import Values, value_rows
+from datakit.value_guard import Values, candidate_rows, candidates
 
 count = int(sys.argv[2])
 parts = {}
@@ -124,11 +124,13 @@ normal = cpu("text: NFKC", lambda: normalise_nfkc(raw))
 lower = cpu("text: lower case", lambda: normal.str.to_lowercase())
 words_and_exact_keys(lower[:10])  # compile and make the table first: not timed
 cpu("text: words and exact key (one compiled pass)", lambda: words_and_exact_keys(lower))
-with tempfile.TemporaryDirectory() as folder:  # the texts the value guard reads back in reduce
-    kept = pl.DataFrame({"text": normal})  # dedupe keeps the NFKC texts
-    cpu("texts kept for the guard", lambda: write_part(kept, Path(folder) / "t.parquet"))
+candidates(normal[:10])  # compile and make the table first: not timed
+found = cpu("text: candidate values (one compiled pass)", lambda: candidates(normal))
+with tempfile.TemporaryDirectory() as folder:  # what the value guard reads back in reduce
+    kept = pl.DataFrame({"candidates": found})  # dedupe keeps the candidates of the NFKC texts
+    cpu("candidates kept for the guard", lambda: write_part(kept, Path(folder) / "t.parquet"))
 start = time.process_time()
-Values.from_rows(value_rows(normal, nfkc=True), len(normal))  # as reduce finds them, from the kept NFKC texts
+Values.from_rows(candidate_rows(found), len(normal))  # as reduce finds them, from the kept candidates
 guard = (time.process_time() - start) / len(records) * 1e6
 texts = Texts.of(raw)
 minhash.signatures(*minhash.shingle_hashes(["load the compiled kernels first"]))  # not timed

@@ -666,9 +666,12 @@ class LocalExecutor:
             with report.phase("reduce"):
                 step.reduce(tables)
             if encoded:
-                with report.phase("write"):
-                    for path in sorted((tmp / ENCODED_ROWS).glob("*.parquet")):
-                        rows = pl.read_parquet(path)
+                parts = sorted((tmp / ENCODED_ROWS).glob("*.parquet"))
+                # the next part is read (often from disk: a large run's parts outgrow the page
+                # cache) while this one is written
+                read = read_ahead((path, pl.read_parquet(path)) for path in parts)
+                with closing(read), report.phase("write"):
+                    for path, rows in read:
                         codes, reasons = step.removals(int(path.stem), rows.height)
                         written, removed = sink.write_encoded(rows, codes, reasons)
                         report.read += rows.height

@@ -231,7 +231,7 @@ def _nfkc_by_character(data, offsets, alone, mapped, form_offsets, forms):
     for d in numba.prange(n):
         i, length = offsets[d], 0
         while i < offsets[d + 1]:
-            point, size = _character(data, i)
+            point, size = utf8_character(data, i)
             if not alone[point]:
                 done[d], length = False, 0
                 break
@@ -245,7 +245,7 @@ def _nfkc_by_character(data, offsets, alone, mapped, form_offsets, forms):
             continue
         i, at = offsets[d], out_offsets[d]
         while i < offsets[d + 1]:
-            point, size = _character(data, i)
+            point, size = utf8_character(data, i)
             if mapped[point]:
                 for k in range(form_offsets[point], form_offsets[point + 1]):
                     out[at] = forms[k]
@@ -297,7 +297,7 @@ def words_and_exact_keys(normalised: pl.Series) -> tuple[np.ndarray, np.ndarray,
 
 
 @numba.njit(cache=True, nogil=True, inline="always")
-def _character(data: np.ndarray, i: int) -> tuple[int, int]:
+def utf8_character(data: np.ndarray, i: int) -> tuple[int, int]:
     """(code point, byte length) of the UTF-8 character at byte i (the text is valid UTF-8)."""
     b = np.int64(data[i])
     if b < 0x80:
@@ -335,7 +335,7 @@ def _walk(data, start, end, classes, out, at) -> tuple[int, np.uint64, int]:
     count, in_word, word = 0, False, TOKEN_BASIS
     h, length, space_before, i = EXACT_BASIS, 0, False, start
     while i < end:
-        point, size = _character(data, i)
+        point, size = utf8_character(data, i)
         kind = classes[point]
         if kind == WORD:
             if not in_word:

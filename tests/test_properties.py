@@ -331,6 +331,22 @@ def test_values_are_what_the_value_pattern_matches(texts: list[str]) -> None:
     assert found == expected.to_list()
 
 
+def test_candidates_are_the_candidate_pattern_matches_for_every_code_point() -> None:
+    """Every code point alone, between letters, after a capital, before a digit and between
+    spaces: the compiled pass finds the runs that polars' regex finds with CANDIDATE."""
+    import numpy as np
+    import polars as pl
+
+    from datakit.value_guard import CANDIDATE, candidates
+
+    one_each = pl.Series([chr(p) for p in np.r_[0:0xD800, 0xE000:0x110000].tolist()])
+    for texts in (one_each, "a" + one_each + "b", "A" + one_each, one_each + "1", " " + one_each + " x7 "):
+        expected = texts.str.extract_all(CANDIDATE).list.join(" ")
+        found = candidates(texts)
+        wrong = (found != expected).arg_true()
+        assert wrong.len() == 0, [texts[i] for i in wrong.head(5).to_list()]
+
+
 # characters NFKC changes (fullwidth forms, a ligature, superscripts, circled and roman numerals,
 # a unit sign, a no-break space, a decomposed accent it composes) among ones it keeps
 COMPATIBLE = "ＡＢｃ１２，ﬁ²₃①Ⅻ㎏\u00a0e\u0301Zé東 1."
@@ -339,14 +355,14 @@ COMPATIBLE = "ＡＢｃ１２，ﬁ²₃①Ⅻ㎏\u00a0e\u0301Zé東 1."
 @settings(max_examples=50, deadline=None)  # a small alphabet: 50 examples cover it
 @given(texts=st.lists(st.text(COMPATIBLE, max_size=24), min_size=1, max_size=6))
 def test_the_guard_finds_the_same_values_in_the_texts_dedupe_keeps_normalised(texts: list[str]) -> None:
-    """Dedupe's scan keeps each text's NFKC form for the value guard, which then skips its own
-    NFKC: the values must be those of the texts as written."""
+    """Dedupe's scan keeps the candidates of each text's NFKC form for the value guard, which
+    then finds the values among them: they must be those of the texts as written."""
     from datakit.text import Texts
-    from datakit.value_guard import value_rows
+    from datakit.value_guard import candidate_rows, candidates, value_rows
 
     kept = Texts.of(texts, keep_nfkc=True).nfkc
     assert kept.to_list() == [unicodedata.normalize("NFKC", t) for t in texts]
-    assert value_rows(kept, nfkc=True).equals(value_rows(texts))
+    assert candidate_rows(candidates(kept)).equals(value_rows(texts))
 
 
 VALUES = ["17", "25", "38", "4", "france", "frnace", "germany", "paris", "pari", "natalia", "natalie", "berlin"]
