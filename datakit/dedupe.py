@@ -156,8 +156,7 @@ def _alive(alive: np.ndarray) -> pl.Expr:
 
 def _signatures(tables: Tables, positions: np.ndarray | None, n: int) -> tuple[np.ndarray, np.ndarray]:
     """(sorted positions, their signatures): the ones asked for, or all ``n``. Read a part at a
-    time, each filtered by a mask of the wanted positions, into one array made up front: no
-    copy of the whole set is held, nor a literal of n values built for each part."""
+    time into one array made up front: the wanted ones of the whole set are held once."""
     wanted = None
     if positions is not None:
         wanted = np.zeros(n, dtype=bool)
@@ -165,11 +164,8 @@ def _signatures(tables: Tables, positions: np.ndarray | None, n: int) -> tuple[n
     room = n if wanted is None else int(wanted.sum())
     at, sigs, count = np.empty(room, dtype=np.int64), None, 0
     for part in tables.each_part("signatures"):
-        frame = part.collect()
+        frame = _wanted_rows(part, wanted)
         part_at, part_sigs = frame["position"].to_numpy().astype(np.int64), signature_array(frame["signature"])
-        if wanted is not None:
-            keep = wanted[part_at]
-            part_at, part_sigs = part_at[keep], part_sigs[keep]
         if count + len(part_at) > room:
             raise RuntimeError("the signatures table has more rows than records")
         if sigs is None:
@@ -183,6 +179,14 @@ def _signatures(tables: Tables, positions: np.ndarray | None, n: int) -> tuple[n
         order = np.argsort(at, kind="stable")
         at, sigs = at[order], sigs[order]
     return at, sigs
+
+
+def _wanted_rows(part: pl.LazyFrame, wanted: np.ndarray | None) -> pl.DataFrame:
+    """A part's rows whose record (by position) is marked in ``wanted`` (all of them if None)."""
+    frame = part.collect()
+    if wanted is None:
+        return frame
+    return frame.filter(pl.Series(wanted[frame["position"].to_numpy()]))
 
 
 def signature_column(sigs: np.ndarray) -> pl.Series:
@@ -474,9 +478,9 @@ class Dedupe(Step):
             time (parts come in position order, as the write phase reads them)."""
             wanted = np.zeros(n, dtype=bool)
             wanted[positions] = True
-            rows, found, in_pairs = [], 0, _alive(wanted)  # (made once: a literal of n values)
+            rows, found = [], 0
             for part in tables.each_part("values"):
-                kept = part.filter(in_pairs).sort("position").collect()["candidates"]
+                kept = _wanted_rows(part, wanted).sort("position")["candidates"]
                 rows.append(candidate_rows(kept, first=found))
                 found += len(kept)
             return Values.from_rows(pl.concat(rows), found)
