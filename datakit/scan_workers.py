@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import gc
 import os
 import pickle
 import signal
@@ -46,22 +47,24 @@ from datakit import formats
 from datakit.errors import StepError
 from datakit.formats import ReadOptions
 from datakit.io import block_rows, line_blocks
-from datakit.record import few_gc_passes
 
 BLOCK_BYTES = 32 << 20  # input bytes a worker takes at a time: a batch of about 40k typical records
 # one thread per worker: the workers are the parallelism, and more threads would only contend
 WORKER_THREADS = {"POLARS_MAX_THREADS": "1", "NUMBA_NUM_THREADS": "1", "OMP_NUM_THREADS": "1"}
-# Each block allocates and frees the same few hundred MB again. By default both allocators give
-# freed memory back to the system at once (glibc above its trim threshold, polars' jemalloc
-# within 10 s), and the next block faults every page in again: a worker spent a sixth of its
-# time in the kernel. Kept, the memory is reused; a worker holds what its largest block needed,
-# which it held at that block anyway. (glibc's mmap threshold cannot go above 32 MB.) Settings
-# the user's environment already has win.
+# Each block allocates and frees the same few hundred MB again. By default glibc gives freed
+# memory back to the system at once (above its trim threshold), and the next block faults every
+# page in again: a worker spent a sixth of its time in the kernel. Kept, the memory is reused; a
+# worker holds what its largest block needed, which it held at that block anyway. (glibc's mmap
+# threshold cannot go above 32 MB.) Settings the user's environment already has win.
+#
+# Polars' jemalloc is left as polars sets it (``import polars`` writes _RJEM_MALLOC_CONF: freed
+# memory kept for a second). Keeping it for good (dirty_decay_ms:-1,oversize_threshold:0) halved
+# a worker's page faults at 1M records, but 10M records took 308 s against 297, at a peak of
+# 9.0 GB against 8.6 (Intel Xeon with AMX, benchmarks/dedupe_scale.py).
 WORKER_ALLOCATORS = {
     "MALLOC_TRIM_THRESHOLD_": str(1 << 30),
     "MALLOC_TOP_PAD_": str(256 << 20),
     "MALLOC_MMAP_THRESHOLD_": str(32 << 20),
-    "_RJEM_MALLOC_CONF": "dirty_decay_ms:-1,muzzy_decay_ms:-1",
 }
 
 
@@ -245,40 +248,55 @@ def python_executable() -> str:
 
 
 def serve(inbox: Connection, outbox: Connection) -> None:
-    """A worker's life: the setup, then blocks until the driver closes the pipe."""
-    with few_gc_passes():  # a block's records are held while it is scanned
-        _serve(inbox, outbox)
+    """A worker's life: the setup, then blocks until the driver closes the pipe.
+
+    Python's cyclic garbage collector is off while a block is read and scanned, and looks at
+    what the block left behind once it is done. A block's 40k records hold no reference cycles
+    and live until it is scanned, yet collections (even few_gc_passes' fewer ones) went over
+    them again and again: 1.2 us of the 10 us it takes to read a record (Intel Xeon with AMX).
+    After a block few of its objects are alive, so looking at them costs little, and a cycle a
+    block made (none is known) is still freed."""
+    gc.disable()
+    _serve(inbox, outbox)
 
 
 def _serve(inbox: Connection, outbox: Connection) -> None:
-    from datakit.pipeline import Batch, Tables, records_of, scan_into
+    from datakit.pipeline import Tables
 
     setup: Setup = pickle.loads(inbox.recv_bytes())
     step = setup.step_class(setup.config, setup.paths)
     tables = Tables(setup.tables_root, step.shuffle, setup.buckets)
-    reader = formats.get(setup.format)
     while True:
         try:
             block, first_line = inbox.recv()
         except EOFError:
             return
-        rows_not_records: dict[str, int] = {}
-        try:
-            outcomes = reader.read(block_rows(setup.file, block, first_line), setup.read_options)
-            read = list(records_of(outcomes, rows_not_records))
-        except StepError as exc:  # a bad row: the driver raises it when its block's turn comes
-            outbox.send(("parsed", 0, {}, str(exc)))
-            continue
-        outbox.send(("parsed", len(read), rows_not_records, None))
-        records = [record for record, _ in read]
-        locations = [location for _, location in read]
-        rows = setup.encoder(records) if setup.encoder is not None and records else None
-        start = inbox.recv()
-        for offset in range(0, len(records), setup.batch_size):  # parts as the local executor cuts them
-            end = offset + setup.batch_size
-            batch = Batch(records[offset:end], start + offset, locations[offset:end])
-            scan_into(tables, step, batch, None if rows is None else rows.slice(offset, setup.batch_size))
-        outbox.send(("done",))
+        _scan_block(setup, step, tables, block, first_line, inbox, outbox)
+        gc.collect(1)  # the young generations: the block's objects, nearly all freed by now
+
+
+def _scan_block(setup: Setup, step: Any, tables: Any, block: Any, first_line: int,
+                inbox: Connection, outbox: Connection) -> None:  # fmt: skip
+    """Read one block's records, tell the driver how many, and scan them from the position it sends."""
+    from datakit.pipeline import Batch, records_of, scan_into
+
+    rows_not_records: dict[str, int] = {}
+    try:
+        outcomes = formats.get(setup.format).read(block_rows(setup.file, block, first_line), setup.read_options)
+        read = list(records_of(outcomes, rows_not_records))
+    except StepError as exc:  # a bad row: the driver raises it when its block's turn comes
+        outbox.send(("parsed", 0, {}, str(exc)))
+        return
+    outbox.send(("parsed", len(read), rows_not_records, None))
+    records = [record for record, _ in read]
+    locations = [location for _, location in read]
+    rows = setup.encoder(records) if setup.encoder is not None and records else None
+    start = inbox.recv()
+    for offset in range(0, len(records), setup.batch_size):  # parts as the local executor cuts them
+        end = offset + setup.batch_size
+        batch = Batch(records[offset:end], start + offset, locations[offset:end])
+        scan_into(tables, step, batch, None if rows is None else rows.slice(offset, setup.batch_size))
+    outbox.send(("done",))
 
 
 def _die_with(driver: int) -> None:

@@ -507,13 +507,13 @@ def test_scan_workers_keep_freed_memory_unless_the_user_set_the_allocators(monke
 
     from datakit.scan_workers import WORKER_ALLOCATORS, Worker, stop
 
-    monkeypatch.setenv("_RJEM_MALLOC_CONF", "narenas:1")
+    monkeypatch.setenv("MALLOC_TOP_PAD_", "4096")
     monkeypatch.delenv("MALLOC_TRIM_THRESHOLD_", raising=False)
     worker = Worker.start()
     try:
         environment = psutil.Process(worker.process.pid).environ()
     finally:
         stop([worker], finished=False)
-    assert environment["_RJEM_MALLOC_CONF"] == "narenas:1"
+    assert environment["MALLOC_TOP_PAD_"] == "4096"
     assert environment["MALLOC_TRIM_THRESHOLD_"] == WORKER_ALLOCATORS["MALLOC_TRIM_THRESHOLD_"]
     assert environment["POLARS_MAX_THREADS"] == "1"
