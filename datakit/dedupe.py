@@ -122,7 +122,10 @@ def minhash_pairs(tables: Tables, alive: np.ndarray, config: DedupeConfig, value
         buckets = read_ahead(bucket.filter(still_alive).collect() for bucket in tables.each_bucket("bands"))
         with closing(buckets):
             found = [minhash.bucket_pairs(bucket) for bucket in buckets]
-        pairs = minhash.unique_pairs(np.concatenate(found)) if found else np.zeros((0, 2), dtype=np.int64)
+        keys = np.concatenate(found) if found else np.zeros(0, dtype=np.uint64)
+        del found  # (the buckets' arrays: as much memory again as keys)
+        pairs = minhash.unique_pairs(keys)
+        del keys
     involved, local = renumber(pairs, len(alive))
     positions, sigs = _signatures(tables, involved, len(alive))
     if not np.array_equal(positions, involved):  # local indexes sigs only if every one is there

@@ -120,26 +120,28 @@ def shingle_hashes(texts: Texts | Sequence[str], n: int = 5) -> tuple[np.ndarray
 # --- signatures -----------------------------------------------------------------------
 
 
-def fmix32(values: np.ndarray) -> np.ndarray:
+@numba.njit(cache=True, nogil=True, inline="always")
+def _fmix32(value: np.uint32) -> np.uint32:
+    """MurmurHash3's 32-bit finalizer (FMIX32) of one value, as datasketch's _fmix computes it."""
     s1, m1, s2, m2, s3 = FMIX32
-    v = values.astype(np.uint32, copy=True)
-    v ^= v >> np.uint32(s1)
-    v *= np.uint32(m1)
-    v ^= v >> np.uint32(s2)
-    v *= np.uint32(m2)
-    v ^= v >> np.uint32(s3)
-    return v
+    v = np.uint32(value)
+    v = np.uint32(v ^ (v >> np.uint32(s1)))
+    v = np.uint32(v * np.uint32(m1))
+    v = np.uint32(v ^ (v >> np.uint32(s2)))
+    v = np.uint32(v * np.uint32(m2))
+    return np.uint32(v ^ (v >> np.uint32(s3)))
 
 
 @numba.njit(parallel=True, cache=True, nogil=True)
-def _signatures(mixed: np.ndarray, offsets: np.ndarray, a: np.ndarray, b: np.ndarray) -> np.ndarray:
+def _signatures(hashes: np.ndarray, offsets: np.ndarray, a: np.ndarray, b: np.ndarray) -> np.ndarray:
     n_docs = offsets.shape[0] - 1
     num_perm = a.shape[0]
     out = np.full((n_docs, num_perm), EMPTY, dtype=np.uint32)
     for d in numba.prange(n_docs):
         lowest = out[d]
         for i in range(offsets[d], offsets[d + 1]):
-            h = np.uint64(mixed[i])
+            # each shingle's hash mixed here, not by numpy beforehand (five arrays the size of them all)
+            h = np.uint64(_fmix32(hashes[i]))
             # the inner loop runs over the permutations with a branch-free min, so LLVM makes it
             # SIMD (16 permutations an instruction with AVX-512): 6x faster than a loop over the
             # shingles per permutation with `if v < lowest`, which stays scalar
@@ -150,9 +152,10 @@ def _signatures(mixed: np.ndarray, offsets: np.ndarray, a: np.ndarray, b: np.nda
 
 
 def signatures(hashes: np.ndarray, offsets: np.ndarray, num_perm: int = 128, seed: int = 1) -> np.ndarray:
-    """uint32[n_docs, num_perm] MinHash signatures, equal to datasketch's MinHash(scheme='affine32')."""
+    """uint32[n_docs, num_perm] MinHash signatures of uint32 shingle hashes, equal to datasketch's
+    MinHash(scheme='affine32')."""
     a, b = permutations(num_perm, seed)
-    return _signatures(fmix32(hashes), offsets, a, b)
+    return _signatures(hashes.astype(np.uint32, copy=False), offsets, a, b)
 
 
 def signatures_datasketch(hashes: np.ndarray, offsets: np.ndarray, num_perm: int = 128, seed: int = 1) -> np.ndarray:
@@ -172,19 +175,33 @@ def _identity(value: int) -> int:
 
 
 def band_keys(sigs: np.ndarray, params: LshParams) -> np.ndarray:
-    """uint64[n, bands]: one hash per band of ``rows`` signature values."""
-    used = sigs[:, : params.bands * params.rows].reshape(len(sigs), params.bands, params.rows)
+    """uint64[n, bands]: one hash per band of ``rows`` signature values, a sum weighted by powers
+    of FNV's 64-bit prime (mod 2**64), folded."""
     weights = np.uint64(0x100000001B3) ** np.arange(params.rows, dtype=np.uint64)
-    keys = (used.astype(np.uint64) * weights).sum(axis=2, dtype=np.uint64)
-    return keys ^ (keys >> np.uint64(31))
+    return _band_keys(sigs, params.bands, params.rows, weights)
+
+
+@numba.njit(cache=True, nogil=True)
+def _band_keys(sigs: np.ndarray, bands: int, rows: int, weights: np.ndarray) -> np.ndarray:
+    # one pass, where numpy made three uint64 arrays of every value it sums (33 MB each for a
+    # scan's block of 40k records; 0.8 us a record against 0.04 here, Intel Xeon with AMX)
+    keys = np.empty((len(sigs), bands), dtype=np.uint64)
+    for d in range(len(sigs)):
+        for band in range(bands):
+            key = np.uint64(0)
+            for r in range(rows):
+                key += np.uint64(sigs[d, band * rows + r]) * weights[r]
+            keys[d, band] = key ^ (key >> np.uint64(31))
+    return keys
 
 
 MAX_BUCKET_PAIRS = 64  # a bucket larger than this is checked as a chain plus a star, not all pairs
 
 
 def bucket_pairs(frame: pl.DataFrame) -> np.ndarray:
-    """int64[m, 2] pairs (i < j, maybe repeated) of records that share a band bucket, from rows
-    (band, key, position): all of one band key's rows must be in ``frame``.
+    """The pairs of records that share a band bucket, from rows (band, key, position): all of one
+    band key's rows must be in ``frame``. Each pair (i < j, maybe repeated) is one uint64, its
+    ``pair_key``: half the memory of two int64 and sorted as one number (``unique_pairs``).
 
     A bucket of k <= MAX_BUCKET_PAIRS records yields all its pairs; a bigger one (many copies
     of one text) yields each member with the first and with its neighbour, which is enough to
@@ -196,9 +213,17 @@ def bucket_pairs(frame: pl.DataFrame) -> np.ndarray:
     band, key = frame["band"].to_numpy(), frame["key"].to_numpy()
     # the key first: it nearly always decides alone (2x faster than band first: 3.4M rows, 0.38 s)
     frame = frame.filter(pl.Series(_maybe_shared(band, key, _bits_for(len(key))))).sort("key", "band", "position")
-    return _pairs_in_buckets(
-        frame["band"].to_numpy(), frame["key"].to_numpy(), frame["position"].to_numpy(), MAX_BUCKET_PAIRS
-    )
+    positions = frame["position"].to_numpy()
+    if len(positions) and int(positions.max()) >= 1 << 32:  # (4 billion records; a pair key holds two)
+        raise ValueError("bucket_pairs takes positions below 2**32")
+    return _pairs_in_buckets(frame["band"].to_numpy(), frame["key"].to_numpy(), positions, MAX_BUCKET_PAIRS)
+
+
+def pair_keys(pairs: np.ndarray) -> np.ndarray:
+    """Pairs int64[m, 2] of positions below 2**32 as uint64[m]: smaller << 32 | larger."""
+    smaller = np.minimum(pairs[:, 0], pairs[:, 1]).astype(np.uint64)
+    larger = np.maximum(pairs[:, 0], pairs[:, 1]).astype(np.uint64)
+    return (smaller << np.uint64(32)) | larger
 
 
 def _bits_for(rows: int) -> int:
@@ -236,21 +261,23 @@ def _slot(band: np.uint16, key: np.uint64, shift: np.uint64) -> np.uint64:
 
 @numba.njit(cache=True, nogil=True)
 def _pairs_in_buckets(band: np.ndarray, key: np.ndarray, members: np.ndarray, most: int) -> np.ndarray:
-    """The pairs of each bucket (a run of equal band and key; rows sorted by key, band, position):
-    all of a bucket of up to ``most`` rows, else a star on the first and a chain."""
-    pairs = np.empty((_pair_count(band, key, most), 2), dtype=np.int64)
-    at, start = 0, 0
+    """The pair keys of each bucket (a run of equal band and key; rows sorted by key, band,
+    position, so a bucket's members rise): all of a bucket of up to ``most`` rows, else a star on
+    the first and a chain."""
+    pairs = np.empty(_pair_count(band, key, most), dtype=np.uint64)
+    at, start, high = 0, 0, np.uint64(32)
     while start < len(members):
         end = _bucket_end(band, key, start)
         if end - start <= most:
             for i in range(start, end):
                 for j in range(i + 1, end):
-                    pairs[at, 0], pairs[at, 1] = members[i], members[j]
+                    pairs[at] = (np.uint64(members[i]) << high) | np.uint64(members[j])
                     at += 1
         else:
+            first = np.uint64(members[start]) << high
             for j in range(start + 1, end):
-                pairs[at, 0], pairs[at, 1] = members[start], members[j]
-                pairs[at + 1, 0], pairs[at + 1, 1] = members[j - 1], members[j]
+                pairs[at] = first | np.uint64(members[j])
+                pairs[at + 1] = (np.uint64(members[j - 1]) << high) | np.uint64(members[j])
                 at += 2
         start = end
     return pairs
@@ -275,21 +302,30 @@ def _bucket_end(band: np.ndarray, key: np.ndarray, start: int) -> int:
     return end
 
 
-def unique_pairs(pairs: np.ndarray) -> np.ndarray:
-    """Distinct pairs, each as (smaller, larger), sorted."""
-    if len(pairs) == 0:
-        return np.zeros((0, 2), dtype=np.int64)
-    # the smaller end first by minimum and maximum: np.sort(pairs, axis=1) took 6x as long as the
-    # rest (11M candidates from 1M records: 1.0 s)
-    smaller = np.minimum(pairs[:, 0], pairs[:, 1]).astype(np.uint64)
-    larger = np.maximum(pairs[:, 0], pairs[:, 1]).astype(np.uint64)
-    # one sort of every pair as one integer key (numpy's vectorised sort: 0.35 s for 11M
-    # candidates from 1M records, against 0.55-1.0 s for polars' hashed unique and a sort)
-    keys = (smaller << np.uint64(32)) | larger
-    del smaller, larger
+def unique_pairs(keys: np.ndarray) -> np.ndarray:
+    """The distinct pairs of ``pair_key`` values uint64[m] as int64[k, 2] (smaller, larger), sorted.
+    ``keys`` is sorted in place: at 10M records it is the reduce's largest array, and a copy
+    would be fresh memory for the kernel to zero."""
+    # one sort of every pair as one integer (numpy's vectorised sort: 0.35 s for 11M candidates
+    # from 1M records, against 0.55-1.0 s for polars' hashed unique and a sort), then one pass
+    # that writes each distinct pair once, without the temporaries of numpy's unique
     keys.sort()
-    keys = keys[np.r_[True, keys[1:] != keys[:-1]]]
-    return np.stack([keys >> np.uint64(32), keys & np.uint64(0xFFFFFFFF)], axis=1).astype(np.int64)
+    return _distinct_pairs(keys)
+
+
+@numba.njit(cache=True, nogil=True)
+def _distinct_pairs(keys: np.ndarray) -> np.ndarray:
+    count = 0
+    for i in range(len(keys)):
+        if i == 0 or keys[i] != keys[i - 1]:
+            count += 1
+    pairs = np.empty((count, 2), dtype=np.int64)
+    at, low = 0, np.uint64(0xFFFFFFFF)
+    for i in range(len(keys)):
+        if i == 0 or keys[i] != keys[i - 1]:
+            pairs[at, 0], pairs[at, 1] = keys[i] >> np.uint64(32), keys[i] & low
+            at += 1
+    return pairs
 
 
 def band_rows(keys: np.ndarray, positions: np.ndarray) -> pl.DataFrame:
