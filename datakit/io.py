@@ -54,8 +54,13 @@ class SourceRow:
             return f"{self.file}:{self.line}"
         return f"{self.file} record {self.index}"
 
-    def location(self) -> dict[str, Any]:
-        loc: dict[str, Any] = {"file": self.file, "index": self.index}
+    def location(self, source_format: str | None = None) -> dict[str, Any]:
+        """{"file", "index", "line"} (a line-oriented file's), after "format" when one is given
+        (a record's meta["source"])."""
+        if source_format is None:
+            loc: dict[str, Any] = {"file": self.file, "index": self.index}
+        else:
+            loc = {"format": source_format, "file": self.file, "index": self.index}
         if self.line is not None:
             loc["line"] = self.line
         return loc

@@ -45,7 +45,7 @@ import polars as pl
 
 from datakit import formats
 from datakit.errors import StepError
-from datakit.formats import Read, ReadOptions, Rejected, Skipped, Used
+from datakit.formats import Read, ReadOptions, Rejected, Skipped
 from datakit.hardware import default_workers
 from datakit.io import (
     RowWriter,
@@ -418,14 +418,14 @@ def records_of(outcomes: Iterator, not_records: dict[str, int] | None) -> Iterat
     """(record, where its row came from) for each record a reader made; a bad row stops with its
     file, line and reason. Rows that hold no record are counted in ``not_records``."""
     for outcome in outcomes:
-        if isinstance(outcome, Rejected):
+        if isinstance(outcome, Read):  # (nearly every row: asked first)
+            yield outcome.record, outcome.row.location()
+        elif isinstance(outcome, Rejected):
             hint = "run `datakit convert --on-error skip` first to set bad rows aside"
             raise StepError(f"{outcome.row.where()}: {outcome.reason} ({hint})")
-        if isinstance(outcome, (Skipped, Used)) and not_records is not None:
+        elif not_records is not None:  # Skipped or Used: a row that holds no record
             reason = outcome.reason if isinstance(outcome, Skipped) else "used inside other records"
             not_records[reason] = not_records.get(reason, 0) + 1
-        if isinstance(outcome, Read):
-            yield outcome.record, outcome.row.location()
 
 
 T = TypeVar("T")

@@ -96,7 +96,9 @@ def read_each(
 
 
 def stamp_source(record: dict[str, Any], row: SourceRow, source_format: str) -> None:
-    record["meta"].setdefault("source", {"format": source_format, **row.location()})
+    meta = record["meta"]
+    if "source" not in meta:  # a record read again keeps where it first came from
+        meta["source"] = row.location(source_format)
 
 
 def field_text(row: dict[str, Any], key: str, *, required: bool = False) -> str | None:
@@ -134,22 +136,25 @@ def json_depth(value: Any) -> int:
     return deepest
 
 
-def check_nesting(value: Any, what: str | Callable[[], str]) -> None:
-    """``what`` names the value in the error (a callable: built only then, as this runs per record)."""
+def check_nesting(value: Any, what: str) -> None:
+    """``what`` names the value in the error."""
     if isinstance(value, (dict, list)) and json_depth(value) > MAX_NESTING:
-        name = what() if callable(what) else what
-        raise RecordError(f"{name} is nested more than {MAX_NESTING} levels deep, more than datakit can write")
+        raise RecordError(f"{what} is nested more than {MAX_NESTING} levels deep, more than datakit can write")
 
 
 def check_record_nesting(record: dict[str, Any]) -> None:
-    """The free-form parts of a record (tools, and whatever a reader kept in meta) can be written."""
+    """The free-form parts of a record (tools, and whatever a reader kept in meta) can be written.
+    Only lists and objects are looked at, and named only then: this runs for every record."""
     check_nesting(record.get("tools"), "field 'tools'")
     for key, value in record["meta"].items():
+        if not isinstance(value, (dict, list)):
+            continue
         if key == "extra" and isinstance(value, dict):
             for name, item in value.items():
-                check_nesting(item, lambda name=name: f"field {shown(name)}")
+                if isinstance(item, (dict, list)):
+                    check_nesting(item, f"field {shown(name)}")
         else:
-            check_nesting(value, lambda key=key: f"field {shown(key)}")
+            check_nesting(value, f"field {shown(key)}")
 
 
 def optional_text(value: Any, what: str) -> str | None:
@@ -199,7 +204,7 @@ def finish_record(
     known_fields: set[str],
 ) -> dict[str, Any]:
     """The record of a chat row: its tools and id, and its unknown fields kept in ``meta["extra"]``."""
-    if row.keys() - known_fields:
+    if not known_fields.issuperset(row):
         meta["extra"] = {k: v for k, v in row.items() if k not in known_fields}
     source_id = row.get("id")
     return new_record(

@@ -65,7 +65,7 @@ def read_row(row: dict[str, Any], separator: str = "\n") -> list[dict[str, Any]]
         raise RecordError(f"field 'output' must be a string, got {type(output).__name__}")
     if "rejected" in row:
         meta["rejected"] = row["rejected"]
-    if row.keys() - KNOWN_FIELDS:
+    if not KNOWN_FIELDS.issuperset(row):  # (a set difference made a set for every row)
         meta["extra"] = {k: v for k, v in row.items() if k not in KNOWN_FIELDS}
     return [_make(row, separator, history, output, meta, row.get("id"))]
 
