@@ -166,15 +166,18 @@ def _signatures(tables: Tables, positions: np.ndarray | None, n: int) -> tuple[n
         wanted[positions] = True
     room = n if wanted is None else int(wanted.sum())
     at, sigs, count = np.empty(room, dtype=np.int64), None, 0
-    for part in tables.each_part("signatures"):
-        frame = _wanted_rows(part, wanted)
-        part_at, part_sigs = frame["position"].to_numpy().astype(np.int64), signature_array(frame["signature"])
-        if count + len(part_at) > room:
-            raise RuntimeError("the signatures table has more rows than records")
-        if sigs is None:
-            sigs = np.empty((room, part_sigs.shape[1]), dtype=np.uint32)
-        at[count : count + len(part_at)], sigs[count : count + len(part_at)] = part_at, part_sigs
-        count += len(part_at)
+    # the next part is read while this one is copied: at 10M records the scan's tables outgrow
+    # the page cache, and each part is read from disk
+    parts = read_ahead(_wanted_rows(part, wanted) for part in tables.each_part("signatures"))
+    with closing(parts):
+        for frame in parts:
+            part_at, part_sigs = frame["position"].to_numpy().astype(np.int64), signature_array(frame["signature"])
+            if count + len(part_at) > room:
+                raise RuntimeError("the signatures table has more rows than records")
+            if sigs is None:
+                sigs = np.empty((room, part_sigs.shape[1]), dtype=np.uint32)
+            at[count : count + len(part_at)], sigs[count : count + len(part_at)] = part_at, part_sigs
+            count += len(part_at)
     if sigs is None:
         return np.zeros(0, dtype=np.int64), np.zeros((0, 1), dtype=np.uint32)
     at, sigs = at[:count], sigs[:count]
@@ -482,10 +485,11 @@ class Dedupe(Step):
             wanted = np.zeros(n, dtype=bool)
             wanted[positions] = True
             rows, found = [], 0
-            for part in tables.each_part("values"):
-                kept = _wanted_rows(part, wanted).sort("position")["candidates"]
-                rows.append(candidate_rows(kept, first=found))
-                found += len(kept)
+            parts = read_ahead(_wanted_rows(part, wanted).sort("position") for part in tables.each_part("values"))
+            with closing(parts):
+                for part in parts:
+                    rows.append(candidate_rows(part["candidates"], first=found))
+                    found += part.height
             return Values.from_rows(pl.concat(rows), found)
 
         keys = records.select("position", "exact_key", "exact_length")
