@@ -200,8 +200,8 @@ MAX_BUCKET_PAIRS = 64  # a bucket larger than this is checked as a chain plus a 
 
 def bucket_pairs(frame: pl.DataFrame) -> np.ndarray:
     """The pairs of records that share a band bucket, from rows (band, key, position): all of one
-    band key's rows must be in ``frame``. Each pair (i < j, maybe repeated) is one uint64, its
-    ``pair_key``: half the memory of two int64 and sorted as one number (``unique_pairs``).
+    band key's rows must be in ``frame``. Each pair (i < j, maybe repeated) is one uint64, i << 32 | j
+    (as ``pair_keys`` makes them): half the memory of two int64, and sorted as one number (``unique_pairs``).
 
     A bucket of k <= MAX_BUCKET_PAIRS records yields all its pairs; a bigger one (many copies
     of one text) yields each member with the first and with its neighbour, which is enough to
