@@ -166,7 +166,7 @@ def _signatures(tables: Tables, positions: np.ndarray | None, n: int) -> tuple[n
         wanted[positions] = True
     room = n if wanted is None else int(wanted.sum())
     at, sigs, count = np.empty(room, dtype=np.int64), None, 0
-    # the next part is read while this one is copied: at 10M records the scan's tables outgrow
+    # the next parts are read while this one is copied: at 10M records the scan's tables outgrow
     # the page cache, and each part is read from disk
     parts = read_ahead(_wanted_rows(part, wanted) for part in tables.each_part("signatures"))
     with closing(parts):

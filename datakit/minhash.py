@@ -177,6 +177,8 @@ def _identity(value: int) -> int:
 def band_keys(sigs: np.ndarray, params: LshParams) -> np.ndarray:
     """uint64[n, bands]: one hash per band of ``rows`` signature values, a sum weighted by powers
     of FNV's 64-bit prime (mod 2**64), folded."""
+    if sigs.ndim != 2 or sigs.shape[1] < params.bands * params.rows:  # (the compiled loop does not check)
+        raise ValueError(f"band_keys needs signatures of {params.bands * params.rows} values or more, got {sigs.shape}")
     weights = np.uint64(0x100000001B3) ** np.arange(params.rows, dtype=np.uint64)
     return _band_keys(sigs, params.bands, params.rows, weights)
 
@@ -220,7 +222,8 @@ def bucket_pairs(frame: pl.DataFrame) -> np.ndarray:
 
 
 def pair_keys(pairs: np.ndarray) -> np.ndarray:
-    """Pairs int64[m, 2] of positions below 2**32 as uint64[m]: smaller << 32 | larger."""
+    """Pairs int64[m, 2] of positions below 2**32 (not checked here; bucket_pairs checks its
+    own) as uint64[m]: smaller << 32 | larger."""
     smaller = np.minimum(pairs[:, 0], pairs[:, 1]).astype(np.uint64)
     larger = np.maximum(pairs[:, 0], pairs[:, 1]).astype(np.uint64)
     return (smaller << np.uint64(32)) | larger
@@ -303,9 +306,11 @@ def _bucket_end(band: np.ndarray, key: np.ndarray, start: int) -> int:
 
 
 def unique_pairs(keys: np.ndarray) -> np.ndarray:
-    """The distinct pairs of ``pair_key`` values uint64[m] as int64[k, 2] (smaller, larger), sorted.
-    ``keys`` is sorted in place: at 10M records it is the reduce's largest array, and a copy
-    would be fresh memory for the kernel to zero."""
+    """The distinct pairs of pair keys uint64[m] (``pair_keys``, ``bucket_pairs``) as int64[k, 2]
+    (smaller, larger), sorted. ``keys`` is sorted in place: at 10M records it is the reduce's
+    largest array, and a copy would be fresh memory for the kernel to zero."""
+    if keys.ndim != 1 or keys.dtype != np.uint64:
+        raise TypeError(f"unique_pairs takes pair keys uint64[m] (see pair_keys), got {keys.dtype}{list(keys.shape)}")
     # one sort of every pair as one integer (numpy's vectorised sort: 0.35 s for 11M candidates
     # from 1M records, against 0.55-1.0 s for polars' hashed unique and a sort), then one pass
     # that writes each distinct pair once, without the temporaries of numpy's unique
@@ -315,6 +320,7 @@ def unique_pairs(keys: np.ndarray) -> np.ndarray:
 
 @numba.njit(cache=True, nogil=True)
 def _distinct_pairs(keys: np.ndarray) -> np.ndarray:
+    """Sorted pair keys: each distinct one once, as (key >> 32, key & 0xFFFFFFFF)."""
     count = 0
     for i in range(len(keys)):
         if i == 0 or keys[i] != keys[i - 1]:

@@ -434,8 +434,8 @@ T = TypeVar("T")
 def read_ahead(items: Iterator[T]) -> Iterator[T]:
     """The items of ``items``, each made in a background thread while the caller works on the
     one before. Reading and encoding records is Python that holds the GIL; a scan's text passes
-    (polars) and signatures (numba) release it, so on two cores the two overlap. One item is made
-    ahead, so memory grows by one batch. An error raised making an item is raised here, at that
+    (polars) and signatures (numba) release it, so on two cores the two overlap. Up to two items
+    are ahead (one waiting, one made while it waits), so memory grows by up to two batches. An error raised making an item is raised here, at that
     item; a caller that stops (an error, Ctrl-C) stops the thread at its next item."""
     ahead: queue.Queue = queue.Queue(maxsize=1)
     stop = threading.Event()
