@@ -103,7 +103,8 @@ from datakit.dedupe import DedupeConfig
 from datakit.formats import Read
 from datakit.pipeline import Sink, write_part
 from datakit.record import few_gc_passes
-from datakit.text import Texts, normalise_nfkc, record_text, words_and_exact_keys
+from datakit.io import series_of_buffers
+from datakit.text import Texts, nfkc_and_lower, record_text, words_and_exact_keys
 from datakit.value_guard import Values, candidate_rows, candidates
 
 count = int(sys.argv[2])
@@ -119,9 +120,9 @@ with few_gc_passes():  # as the executors read
     records = cpu("read Alpaca JSON lines into canonical records", lambda: [
         o.record for o in itertools.islice((o for o in outcomes if isinstance(o, Read)), count)])
 raw = cpu("join each record's texts", lambda: pl.Series([record_text(r) for r in records]))
-normalise_nfkc(raw[:10], table_from=0)  # make the table and compile first: not timed
-normal = cpu("text: NFKC", lambda: normalise_nfkc(raw))
-lower = cpu("text: lower case", lambda: normal.str.to_lowercase())
+nfkc_and_lower(raw[:10], table_from=0)  # make the tables and compile first: not timed
+normal, lower = cpu("text: NFKC and lower case (one compiled pass)", lambda: nfkc_and_lower(raw))
+lower = series_of_buffers("text", *lower, pl.String)
 words_and_exact_keys(lower[:10])  # compile and make the table first: not timed
 cpu("text: words and exact key (one compiled pass)", lambda: words_and_exact_keys(lower))
 candidates(normal[:10])  # compile and make the table first: not timed

@@ -10,7 +10,7 @@ from __future__ import annotations
 import functools
 import re
 import unicodedata
-from typing import Any
+from typing import Any, NamedTuple
 
 import numba
 import numpy as np
@@ -76,9 +76,8 @@ class Texts:
       with each whitespace run made one space, and none at either end (the exact stage's key);
     - word hashes (WORD_PATTERN's words of the NFKC, lower-cased text) for MinHash shingles.
 
-    The texts are normalised (``normalise_nfkc``) and lower-cased (polars, every core); one
-    compiled pass over the bytes of the result then finds the words and the exact key (see
-    ``_analyse``). Only these are
+    The texts are normalised and lower-cased (``nfkc_and_lower``); one compiled pass over the
+    bytes of the result then finds the words and the exact key (see ``_analyse``). Only these are
     kept, not the lower-cased strings, to hold a million texts in memory; the NFKC strings are
     kept only when asked (``of(..., keep_nfkc=True)``: dedupe's value guard reads them). The value guard's
     values are not among them: only records in a similar pair need them (a fifth of a typical
@@ -102,10 +101,10 @@ class Texts:
         """``keep_nfkc``: keep the NFKC texts too (``nfkc``), for a caller that looks at them
         again (dedupe's value guard), rather than normalise them twice."""
         series = pl.Series("text", texts, dtype=pl.String).fill_null("")
-        nfkc = normalise_nfkc(series)
+        nfkc, lower = nfkc_and_lower(series)
         shared = {"nfkc": nfkc} if keep_nfkc else {}
-        # the lower-cased texts are passed on, not kept here: the pass then holds one copy of them
-        words, word_offsets, exact_key, exact_length = words_and_exact_keys(nfkc.str.to_lowercase())
+        words, word_offsets, exact_key, exact_length = _analyse(*lower, character_classes())
+        del lower  # the lower-cased texts are not kept: only their words and exact keys
         shared["words"] = (words, word_offsets)
         frame = pl.DataFrame({"exact_key": exact_key, "exact_length": exact_length})
         return cls(series, frame, shared=shared)
@@ -162,15 +161,40 @@ def normalise_nfkc(texts: pl.Series, table_from: int = NFKC_TABLE_FROM) -> pl.Se
     other texts (combining marks, Hangul jamo, characters polars knows and Python does not).
     Measured on dedupe's benchmark records (70% non-ASCII, half of them changed by NFKC; Intel
     Xeon with AMX, one thread): 6.5 us a text with polars, 2.2 with the table."""
+    return _normalise(texts, table_from, lower=False)[0]
+
+
+def nfkc_and_lower(
+    texts: pl.Series, table_from: int = NFKC_TABLE_FROM
+) -> tuple[pl.Series, tuple[np.ndarray, np.ndarray]]:
+    """(the texts in NFKC as ``normalise_nfkc`` makes them; the bytes and offsets of those texts
+    lower-cased, as polars' ``str.to_lowercase`` makes them), in the same compiled pass: each
+    character's lower-cased NFKC form is copied from a table too. Lower-casing goes character
+    by character but for one rule, the Greek capital sigma (a final one becomes ς), so a text
+    with a Σ in its NFKC form is left to polars. 1.8 us a text less than polars' lower-casing
+    after the table's NFKC, on dedupe's benchmark records (Intel Xeon with AMX, one thread)."""
+    normal, lower = _normalise(texts, table_from, lower=True)
+    assert lower is not None
+    return normal, lower
+
+
+def _normalise(
+    texts: pl.Series, table_from: int, lower: bool
+) -> tuple[pl.Series, tuple[np.ndarray, np.ndarray] | None]:
     if len(texts) < table_from:
-        return texts.str.normalize("NFKC")
+        normal = texts.str.normalize("NFKC")
+        return normal, buffers_of(normal.str.to_lowercase()) if lower else None
     data, offsets = buffers_of(texts)
-    bytes_out, offsets_out, done = _nfkc_by_character(data, offsets, *nfkc_table())
+    bytes_out, offsets_out, lower_bytes, lower_offsets, done = _nfkc_by_character(data, offsets, *nfkc_table(), lower)
     normal = series_of_buffers(texts.name, bytes_out, offsets_out, pl.String)
     rest = np.flatnonzero(~done)
     if len(rest):
-        normal = normal.scatter(rest, texts.gather(rest).str.normalize("NFKC"))
-    return normal
+        normal_rest = texts.gather(rest).str.normalize("NFKC")
+        normal = normal.scatter(rest, normal_rest)
+        if lower:
+            lowered = series_of_buffers("", lower_bytes, lower_offsets, pl.String)
+            lower_bytes, lower_offsets = buffers_of(lowered.scatter(rest, normal_rest.str.to_lowercase()))
+    return normal, (lower_bytes, lower_offsets) if lower else None
 
 
 def every_character() -> tuple[np.ndarray, list[str]]:
@@ -180,10 +204,23 @@ def every_character() -> tuple[np.ndarray, list[str]]:
     return points, [chr(p) for p in points.tolist()]
 
 
+class CharacterForms(NamedTuple):
+    """Each code point's NFKC form and lower-cased NFKC form, as tables a compiled pass indexes."""
+
+    alone: np.ndarray  # bool[0x110000]: NFKC treats the character as a segment of its own
+    mapped: np.ndarray  # bool[0x110000]: NFKC changes it; its form is forms[offsets[c]:offsets[c + 1]]
+    offsets: np.ndarray  # int64[0x110001]
+    forms: np.ndarray  # UTF-8 bytes
+    lowered: np.ndarray  # bool[0x110000]: its lower-cased NFKC form is not the character itself
+    lower_offsets: np.ndarray  # int64[0x110001]: that form is lower_forms[lower_offsets[c]:...]
+    lower_forms: np.ndarray  # UTF-8 bytes
+    has_sigma: np.ndarray  # bool[0x110000]: its NFKC form holds a Σ, which lower-cases by context
+
+
 @functools.cache
-def nfkc_table() -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """(alone bool[0x110000], mapped bool[0x110000], offsets int64[0x110001], UTF-8 bytes), made
-    once a process (0.6 s).
+def nfkc_table() -> CharacterForms:
+    """The tables of ``CharacterForms``, made once a process (0.8 s), with polars' NFKC and
+    lower-casing.
 
     ``alone[c]``: NFKC treats c as the start of a segment of its own, so that a text made only
     of such characters normalises character by character. That holds when c is assigned (in
@@ -192,8 +229,7 @@ def nfkc_table() -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     never combines with a character before it (it is not the second of a two-character
     canonical decomposition, nor a Hangul vowel or trailing consonant jamo): nothing before it
     then composes or reorders with what follows (UAX #15, the boundaries ICU's normaliser
-    splits a text at). ``mapped[c]``: NFKC changes c; its NFKC form, by polars, is
-    ``bytes[offsets[c]:offsets[c + 1]]``."""
+    splits a text at)."""
     points, chars = every_character()
     one_each = pl.Series(chars)
     normal = one_each.str.normalize("NFKC")
@@ -208,54 +244,92 @@ def nfkc_table() -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
         unicodedata.category(c) != "Cn" and unicodedata.combining(f) == 0 and ord(f) not in combines_back
         for c, f in zip(chars, first, strict=True)
     ]
-    changed = (normal != one_each).to_numpy()
-    mapped = np.zeros(0x110000, dtype=np.bool_)
-    mapped[points[changed]] = True
-    forms = normal.filter(pl.Series(changed))
+    mapped, offsets, forms = _form_table(points, one_each, normal)
+    lowered, lower_offsets, lower_forms = _form_table(points, one_each, normal.str.to_lowercase())
+    has_sigma = np.zeros(0x110000, dtype=np.bool_)
+    has_sigma[points] = normal.str.contains("Σ", literal=True).to_numpy()
+    tables = CharacterForms(alone, mapped, offsets, forms, lowered, lower_offsets, lower_forms, has_sigma)
+    for table in tables:
+        table.flags.writeable = False  # one table for the whole process: nothing may change it
+    return tables
+
+
+def _form_table(points: np.ndarray, one_each: pl.Series, form: pl.Series) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(changed bool[0x110000], offsets, UTF-8 bytes): where ``form`` (one string a code point) is
+    not the character itself, and the forms that are not, one after another."""
+    changed = (form != one_each).to_numpy()
+    marked = np.zeros(0x110000, dtype=np.bool_)
+    marked[points[changed]] = True
+    forms = form.filter(pl.Series(changed))
     lengths = np.zeros(0x110000, dtype=np.int64)
     lengths[points[changed]] = forms.str.len_bytes().to_numpy()
-    offsets = np.r_[0, np.cumsum(lengths)]
-    pool = np.frombuffer("".join(forms.to_list()).encode(), dtype=np.uint8)
-    for table in (alone, mapped, offsets, pool):
-        table.flags.writeable = False  # one table for the whole process: nothing may change it
-    return alone, mapped, offsets, pool
+    return marked, np.r_[0, np.cumsum(lengths)], np.frombuffer("".join(forms.to_list()).encode(), dtype=np.uint8)
 
 
 @numba.njit(parallel=True, cache=True, nogil=True)
-def _nfkc_by_character(data, offsets, alone, mapped, form_offsets, forms):
-    """(UTF-8 bytes, offsets, done): each text whose characters are all ``alone`` as the NFKC
-    forms of its characters; ``done`` is False for the others (left empty)."""
+def _nfkc_by_character(data, offsets, alone, mapped, form_offsets, forms, lowered, lower_offsets, lower_forms,
+                       has_sigma, lower):  # fmt: skip
+    """(UTF-8 bytes, offsets, lower-cased bytes, their offsets, done): each text whose characters
+    are all ``alone`` as the NFKC forms of its characters and, if ``lower``, as their lower-cased
+    NFKC forms (a text with a Σ in its NFKC form is not done then); ``done`` is False for the
+    others (left empty)."""
     n = len(offsets) - 1
     done = np.ones(n, dtype=np.bool_)
     lengths = np.zeros(n + 1, dtype=np.int64)
+    lower_lengths = np.zeros(n + 1, dtype=np.int64)
     for d in numba.prange(n):
-        i, length = offsets[d], 0
+        i, length, lower_length = offsets[d], 0, 0
         while i < offsets[d + 1]:
+            if data[i] < 0x80:  # ASCII (most characters): its own NFKC form, done on its own
+                length, lower_length, i = length + 1, lower_length + 1, i + 1
+                continue
             point, size = utf8_character(data, i)
-            if not alone[point]:
-                done[d], length = False, 0
+            if not alone[point] or (lower and has_sigma[point]):
+                done[d], length, lower_length = False, 0, 0
                 break
             length += form_offsets[point + 1] - form_offsets[point] if mapped[point] else size
+            lower_length += lower_offsets[point + 1] - lower_offsets[point] if lowered[point] else size
             i += size
         lengths[d + 1] = length
+        lower_lengths[d + 1] = lower_length if lower else 0
     out_offsets = np.cumsum(lengths)
     out = np.empty(out_offsets[-1], dtype=np.uint8)
+    lower_out_offsets = np.cumsum(lower_lengths)
+    lower_out = np.empty(lower_out_offsets[-1], dtype=np.uint8)
     for d in numba.prange(n):
         if not done[d]:
             continue
-        i, at = offsets[d], out_offsets[d]
+        i, at, lower_at = offsets[d], out_offsets[d], lower_out_offsets[d]
         while i < offsets[d + 1]:
+            byte = data[i]
+            if byte < 0x80:  # ASCII: itself, and only A-Z lower-case (to a-z)
+                out[at] = byte
+                if lower:
+                    lower_out[lower_at] = byte + 32 if 65 <= byte <= 90 else byte
+                at, lower_at, i = at + 1, lower_at + 1, i + 1
+                continue
             point, size = utf8_character(data, i)
-            if mapped[point]:
-                for k in range(form_offsets[point], form_offsets[point + 1]):
-                    out[at] = forms[k]
-                    at += 1
-            else:  # (a byte at a time: slices of a few bytes are slower)
-                for k in range(i, i + size):
-                    out[at] = data[k]
-                    at += 1
+            at = _copy_form(data, i, size, mapped[point], forms, form_offsets[point], form_offsets[point + 1], out, at)
+            if lower:
+                lower_at = _copy_form(data, i, size, lowered[point], lower_forms, lower_offsets[point],
+                                      lower_offsets[point + 1], lower_out, lower_at)  # fmt: skip
             i += size
-    return out, out_offsets, done
+    return out, out_offsets, lower_out, lower_out_offsets, done
+
+
+@numba.njit(cache=True, nogil=True, inline="always")
+def _copy_form(data, i, size, from_table, forms, start, end, out, at) -> int:
+    """Copy a character's form to out[at:]: from the table, or its own bytes data[i:i + size];
+    returns where the next goes. (A byte at a time: slices of a few bytes are slower.)"""
+    if from_table:
+        for k in range(start, end):
+            out[at] = forms[k]
+            at += 1
+    else:
+        for k in range(i, i + size):
+            out[at] = data[k]
+            at += 1
+    return at
 
 
 # --- the compiled pass over normalised texts ---------------------------------------------

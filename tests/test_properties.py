@@ -274,38 +274,52 @@ def test_the_compiled_pass_finds_the_words_and_exact_key_the_patterns_define(tex
 # the half-width katakana ｶ and its sound mark ﾞ, which NFKC joins into ガ) and in context (a
 # decomposed é, a Hangul syllable and jamo that compose, ë with a dialytika tonos that decomposes
 # into two marks, a Tibetan vowel whose decomposition starts with a mark, marks out of order),
-# and a character Python's Unicode data lacks
-NFKC_CASES = "a，Ａﬁ²①㎏\u00a0ｶﾞe\u0301\u0344가\u1100\u1161\u11a8\u0f73\u0323\u0307東 \U0001f600\U0001fae8"
+# and a character Python's Unicode data lacks; for lower-casing, capitals (Ａ, Z, the dotted İ
+# that lower-cases to two characters, the titlecase ǅ) and the Greek capital sigma, whose
+# lower case depends on what is around it (ς at the end of a word), alone and as the NFKC form
+# of the mathematical 𝚺
+NFKC_CASES = "a，Ａﬁ²①㎏\u00a0ｶﾞe\u0301\u0344가\u1100\u1161\u11a8\u0f73\u0323\u0307東 \U0001f600\U0001fae8ZİǅΣΑ𝚺"
 
 
 @settings(max_examples=300, deadline=None)
 @given(texts=st.lists(st.text(NFKC_CASES, max_size=12), min_size=1, max_size=8))
 @example(texts=["e\u0301", "\u1100\u1161\u11a8", "가\u11a8", "x\u0307\u0323", "ｶﾞ", "a\u0344", "a\u0f73", "ﬁ，²"])
+@example(texts=["ΑΣ", "ΑΣ Α", "Σ", "Α𝚺", "ΑΣΑ", "İZ"])
 def test_nfkc_by_character_is_nfkc(texts: list[str]) -> None:
-    """The table's NFKC (a text of characters that normalise on their own, copied character by
-    character; polars for the rest) is polars' NFKC, text for text."""
+    """The table's NFKC and lower-cased NFKC (a text of characters that normalise on their own,
+    copied character by character; polars for the rest) are polars' NFKC and its lower case,
+    text for text."""
     import polars as pl
 
-    from datakit.text import normalise_nfkc
+    from datakit.io import series_of_buffers
+    from datakit.text import nfkc_and_lower, normalise_nfkc
 
     series = pl.Series(texts)
-    assert normalise_nfkc(series, table_from=0).to_list() == series.str.normalize("NFKC").to_list()
+    expected = series.str.normalize("NFKC")
+    assert normalise_nfkc(series, table_from=0).to_list() == expected.to_list()
+    normal, (lower, offsets) = nfkc_and_lower(series, table_from=0)
+    assert normal.to_list() == expected.to_list()
+    assert series_of_buffers("", lower, offsets, pl.String).to_list() == expected.str.to_lowercase().to_list()
 
 
 def test_nfkc_by_character_holds_for_every_code_point() -> None:
     """Every code point alone, doubled, between a letter and a combining mark, before a Hangul
-    trailing consonant and after a leading one: wherever the table copies a character's NFKC
-    form, that is what NFKC makes of it there."""
+    trailing consonant, after a leading one, and between capitals: wherever the table copies a
+    character's NFKC form and its lower case, that is what NFKC and lower-casing make of it there."""
     import numpy as np
     import polars as pl
 
-    from datakit.text import normalise_nfkc
+    from datakit.io import series_of_buffers
+    from datakit.text import nfkc_and_lower
 
     one_each = pl.Series([chr(p) for p in np.r_[0:0xD800, 0xE000:0x110000].tolist()])
-    for texts in (one_each, one_each + one_each, "x" + one_each + "\u0301", one_each + "\u11a8", "\u1100" + one_each):
+    for texts in (one_each, one_each + one_each, "x" + one_each + "\u0301", one_each + "\u11a8", "\u1100" + one_each,
+                  "Ab" + one_each + "Σ"):  # fmt: skip
         expected = texts.str.normalize("NFKC")
-        found = normalise_nfkc(texts, table_from=0)
+        found, (lower, offsets) = nfkc_and_lower(texts, table_from=0)
         wrong = (found != expected).arg_true()
+        assert wrong.len() == 0, [texts[i] for i in wrong.head(5).to_list()]
+        wrong = (series_of_buffers("", lower, offsets, pl.String) != expected.str.to_lowercase()).arg_true()
         assert wrong.len() == 0, [texts[i] for i in wrong.head(5).to_list()]
 
 
