@@ -92,6 +92,7 @@ class Texts:
         self._raw = raw  # the texts as given (for embeddings)
         self._frame = frame  # exact_key and exact_length, one row per text of the whole set
         self.index = np.arange(frame.height) if index is None else index  # the texts this view holds
+        self.whole = index is None  # the view of the whole set: its columns are given, not gathered
         # per-text results computed once for the whole set and shared by every view (the word
         # hashes until dropped, MinHash signatures), so a stage can index them, not recompute
         self.shared: dict = {} if shared is None else shared
@@ -123,18 +124,18 @@ class Texts:
 
     def column(self, name: str) -> pl.Series:
         """exact_key or exact_length, for the texts of this view."""
-        return self._frame[name].gather(self.index)
+        return self._frame[name] if self.whole else self._frame[name].gather(self.index)
 
     @property
     def raw(self) -> pl.Series:
-        return self._raw.gather(self.index)
+        return self._raw if self.whole else self._raw.gather(self.index)
 
     @property
     def nfkc(self) -> pl.Series:
         """The NFKC texts of this view (not lower-cased); kept only when made with ``keep_nfkc``."""
         if "nfkc" not in self.shared:
             raise RuntimeError("the NFKC texts were not kept (Texts.of(..., keep_nfkc=True))")
-        return self.shared["nfkc"].gather(self.index)
+        return self.shared["nfkc"] if self.whole else self.shared["nfkc"].gather(self.index)
 
     def all_words(self) -> tuple[np.ndarray, np.ndarray]:
         """(uint64 hash of every word, in order; offsets: text d's words are [offsets[d], offsets[d+1]))
@@ -435,28 +436,30 @@ def _walk(data, start, end, classes, out, at) -> tuple[int, np.uint64, int]:
     return count, _finish(h), length  # a whitespace run at the end was never written
 
 
-@numba.njit(parallel=True, cache=True, nogil=True)
+@numba.njit(cache=True, nogil=True)
 def _analyse(data, offsets, classes):
-    """Every text's words (hashes, offsets) and exact key (hash, length), texts in parallel, in
-    one walk over each text (_walk: 1.3x faster than a walk to count the words, one for the exact
-    key and one to hash the words into place). Each text's words go first into room for as many
-    as it can hold (a word and what ends it take 2 bytes or more: a text of b bytes holds at most
-    b // 2 + 1), then are packed: the room is 4 bytes for each byte of text, for this call only."""
+    """Every text's words (hashes, offsets) and exact key (hash, length), in one walk over each
+    text (_walk: 1.3x faster than a walk to count the words, one for the exact key and one to
+    hash the words into place). The words go straight into one array, one text after another.
+    A text of b bytes holds at most b // 2 + 1 words (a word and what ends it take 2 bytes or
+    more), so before each text the array is grown (doubled) unless that many fit; it starts
+    with room for a word every 4 bytes, more than typical texts need. (Room for every text's
+    most, made up front, was 4 bytes for each byte of text: fresh memory each call, whose page
+    faults made the pass 1.45x slower on a scan's block of 32 MB, Intel Xeon with AMX.) One
+    thread: a dedupe's scan workers are the parallelism."""
     n = len(offsets) - 1
-    room_offsets = np.empty(n + 1, dtype=np.int64)
-    room_offsets[0] = 0
-    for d in range(n):
-        room_offsets[d + 1] = room_offsets[d] + (offsets[d + 1] - offsets[d]) // 2 + 1
-    room = np.empty(room_offsets[-1], dtype=np.uint64)
-    counts = np.zeros(n + 1, dtype=np.int64)
+    words = np.empty(len(data) // 4 + 16, dtype=np.uint64)
+    word_offsets = np.zeros(n + 1, dtype=np.int64)
     exact_key = np.empty(n, dtype=np.uint64)
     exact_length = np.empty(n, dtype=np.uint32)
-    for d in numba.prange(n):
-        counts[d + 1], exact_key[d], exact_length[d] = _walk(
-            data, offsets[d], offsets[d + 1], classes, room, room_offsets[d]
-        )
-    word_offsets = np.cumsum(counts)
-    words = np.empty(word_offsets[-1], dtype=np.uint64)
-    for d in numba.prange(n):
-        words[word_offsets[d] : word_offsets[d + 1]] = room[room_offsets[d] : room_offsets[d] + counts[d + 1]]
-    return words, word_offsets, exact_key, exact_length
+    count = 0
+    for d in range(n):
+        most = count + (offsets[d + 1] - offsets[d]) // 2 + 1
+        if most > len(words):
+            grown = np.empty(max(2 * len(words), most), dtype=np.uint64)
+            grown[:count] = words[:count]
+            words = grown
+        found, exact_key[d], exact_length[d] = _walk(data, offsets[d], offsets[d + 1], classes, words, count)
+        count += found
+        word_offsets[d + 1] = count
+    return words[:count], word_offsets, exact_key, exact_length
