@@ -202,8 +202,8 @@ MAX_BUCKET_PAIRS = 64  # a bucket larger than this is checked as a chain plus a 
 
 def bucket_pairs(frame: pl.DataFrame) -> np.ndarray:
     """The pairs of records that share a band bucket, from rows (band, key, position): all of one
-    band key's rows must be in ``frame``. Each pair (i < j, maybe repeated) is one uint64, i << 32 | j
-    (as ``pair_keys`` makes them): half the memory of two int64, and sorted as one number (``unique_pairs``).
+    band key's rows must be in ``frame``. Each pair (i < j, maybe repeated) is one uint64, its
+    pair key i << 32 | j: half the memory of two int64, and sorted as one number (``unique_pairs``).
 
     A bucket of k <= MAX_BUCKET_PAIRS records yields all its pairs; a bigger one (many copies
     of one text) yields each member with the first and with its neighbour, which is enough to
@@ -219,14 +219,6 @@ def bucket_pairs(frame: pl.DataFrame) -> np.ndarray:
     if len(positions) and int(positions.max()) >= 1 << 32:  # (4 billion records; a pair key holds two)
         raise ValueError("bucket_pairs takes positions below 2**32")
     return _pairs_in_buckets(frame["band"].to_numpy(), frame["key"].to_numpy(), positions, MAX_BUCKET_PAIRS)
-
-
-def pair_keys(pairs: np.ndarray) -> np.ndarray:
-    """Pairs int64[m, 2] of positions below 2**32 (not checked here; bucket_pairs checks its
-    own) as uint64[m]: smaller << 32 | larger."""
-    smaller = np.minimum(pairs[:, 0], pairs[:, 1]).astype(np.uint64)
-    larger = np.maximum(pairs[:, 0], pairs[:, 1]).astype(np.uint64)
-    return (smaller << np.uint64(32)) | larger
 
 
 def _bits_for(rows: int) -> int:
@@ -306,11 +298,13 @@ def _bucket_end(band: np.ndarray, key: np.ndarray, start: int) -> int:
 
 
 def unique_pairs(keys: np.ndarray) -> np.ndarray:
-    """The distinct pairs of pair keys uint64[m] (``pair_keys``, ``bucket_pairs``) as int64[k, 2]
+    """The distinct pairs of pair keys uint64[m] (i << 32 | j, as ``bucket_pairs`` makes them) as int64[k, 2]
     (smaller, larger), sorted. ``keys`` is sorted in place: at 10M records it is the reduce's
     largest array, and a copy would be fresh memory for the kernel to zero."""
     if keys.ndim != 1 or keys.dtype != np.uint64:
-        raise TypeError(f"unique_pairs takes pair keys uint64[m] (see pair_keys), got {keys.dtype}{list(keys.shape)}")
+        raise TypeError(
+            f"unique_pairs takes pair keys uint64[m] (see bucket_pairs), got {keys.dtype}{list(keys.shape)}"
+        )
     # one sort of every pair as one integer (numpy's vectorised sort: 0.35 s for 11M candidates
     # from 1M records, against 0.55-1.0 s for polars' hashed unique and a sort), then one pass
     # that writes each distinct pair once, without the temporaries of numpy's unique

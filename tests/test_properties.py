@@ -432,10 +432,11 @@ POSITIONS = st.one_of(st.integers(0, 40), st.integers(2**32 - 3, 2**32 - 1))
 def test_candidate_pairs_are_made_distinct_and_sorted(pairs: list[tuple[int, int]]) -> None:
     import numpy as np
 
-    from datakit.minhash import pair_keys, unique_pairs
+    from datakit.minhash import unique_pairs
 
     expected = sorted({(min(p), max(p)) for p in pairs})
-    got = unique_pairs(pair_keys(np.array(pairs, dtype=np.int64).reshape(-1, 2)))
+    keys = np.array([min(p) << 32 | max(p) for p in pairs], dtype=np.uint64)  # as bucket_pairs packs them
+    got = unique_pairs(keys)
     assert [tuple(p) for p in got.tolist()] == expected
 
 
@@ -444,11 +445,13 @@ def test_candidate_pairs_are_made_distinct_and_sorted(pairs: list[tuple[int, int
     rows=st.lists(st.tuples(st.integers(0, 2), st.integers(0, 5)), max_size=80),
     most=st.integers(1, 4),
     bits=st.sampled_from([6, 7, None]),
+    first=st.sampled_from([0, 2**32 - 100]),
 )
-def test_bucket_pairs_are_the_pairs_of_each_shared_bucket(rows, most: int, bits: int | None) -> None:
+def test_bucket_pairs_are_the_pairs_of_each_shared_bucket(rows, most: int, bits: int | None, first: int) -> None:
     """Each bucket (band, key) of up to ``most`` records gives all its pairs, a bigger one a
     star on its first record and a chain; records alone give none. ``bits`` 6 or 7 makes the
-    table of bits that drops lone rows so small that many lone rows share a bit with others."""
+    table of bits that drops lone rows so small that many lone rows share a bit with others.
+    Positions from ``first`` up: near 2**32 they need all 32 bits of their half of a pair key."""
     from unittest import mock
 
     import numpy as np
@@ -460,7 +463,7 @@ def test_bucket_pairs_are_the_pairs_of_each_shared_bucket(rows, most: int, bits:
         {
             "band": np.array([b for b, _ in rows], dtype=np.uint16),
             "key": np.array([k * 0x9E3779B97F4A7C15 % 2**64 for _, k in rows], dtype=np.uint64),
-            "position": np.arange(len(rows), dtype=np.uint64)[::-1].copy(),  # not in row order
+            "position": np.arange(first, first + len(rows), dtype=np.uint64)[::-1].copy(),  # not in row order
         }
     )
     buckets: dict = {}
@@ -477,6 +480,29 @@ def test_bucket_pairs_are_the_pairs_of_each_shared_bucket(rows, most: int, bits:
     with mock.patch.object(minhash, "MAX_BUCKET_PAIRS", most), mock.patch.object(minhash, "_bits_for", table_bits):
         got = minhash.bucket_pairs(frame)
     assert sorted((int(k) >> 32, int(k) & 0xFFFFFFFF) for k in got) == sorted(expected)
+
+
+def test_bucket_pairs_refuses_positions_a_pair_key_cannot_hold() -> None:
+    """A position of 2**32 or more would not fit its half of a pair key (two records would be
+    confused): refused, not wrapped."""
+    import numpy as np
+    import polars as pl
+    import pytest
+
+    from datakit import minhash
+
+    frame = pl.DataFrame(
+        {
+            "band": np.zeros(2, dtype=np.uint16),
+            "key": np.full(2, 7, dtype=np.uint64),
+            "position": np.array([1, 2**32], dtype=np.uint64),
+        }
+    )
+    with pytest.raises(ValueError, match="below 2\\*\\*32"):
+        minhash.bucket_pairs(frame)
+    assert minhash.bucket_pairs(frame.with_columns(position=np.array([1, 2**32 - 1], dtype=np.uint64))).tolist() == [
+        1 << 32 | 2**32 - 1
+    ]
 
 
 @settings(max_examples=200, deadline=None)
