@@ -58,15 +58,27 @@ WORKER_THREADS = {"POLARS_MAX_THREADS": "1", "NUMBA_NUM_THREADS": "1", "OMP_NUM_
 # worker holds what its largest block needed, which it held at that block anyway. (glibc's mmap
 # threshold cannot go above 32 MB.) Settings the user's environment already has win.
 #
-# Polars' jemalloc is left as polars sets it (``import polars`` writes _RJEM_MALLOC_CONF: freed
-# memory kept for a second). Keeping it for good (dirty_decay_ms:-1,oversize_threshold:0) halved
-# a worker's page faults at 1M records, but 10M records took 308 s against 297, at a peak of
-# 9.0 GB against 8.6 (Intel Xeon with AMX, benchmarks/dedupe_scale.py).
+# Polars' jemalloc the same way: ``import polars`` sets _RJEM_MALLOC_CONF to give freed pages
+# back after half a second, less than a block takes, so every block faulted its polars memory in
+# again. Kept for five seconds (two or three blocks), a worker's page faults halved and its CPU
+# a record fell 7% (/tmp/scanfaults.py: 29.2-29.6 to 27.2 us, Intel Xeon with AMX). Keeping it
+# for good (dirty_decay_ms:-1 with oversize_threshold:0) made 10M records slower: 308 s against
+# 297, at a peak of 9.0 GB against 8.6.
 WORKER_ALLOCATORS = {
     "MALLOC_TRIM_THRESHOLD_": str(1 << 30),
     "MALLOC_TOP_PAD_": str(256 << 20),
     "MALLOC_MMAP_THRESHOLD_": str(32 << 20),
 }
+POLARS_JEMALLOC = "dirty_decay_ms:500,muzzy_decay_ms:1000"  # what ``import polars`` puts first
+WORKER_JEMALLOC = "dirty_decay_ms:5000,muzzy_decay_ms:5000"
+
+
+def worker_jemalloc(current: str | None) -> str:
+    """A worker's _RJEM_MALLOC_CONF, from the driver's (``current``): the worker's polars puts its
+    own setting first, and the later of two options wins, so WORKER_JEMALLOC comes next and what
+    the user set (the driver's, less polars' own) last."""
+    user = (current or "").removeprefix(POLARS_JEMALLOC).lstrip(",")
+    return ",".join(part for part in (WORKER_JEMALLOC, user) if part)
 
 
 @dataclass
@@ -193,7 +205,12 @@ class Worker:
             process = subprocess.Popen(
                 [python_executable(), "-c", LAUNCH, str(worker_reads), str(worker_writes), str(os.getpid()), *path],
                 pass_fds=(worker_reads, worker_writes),
-                env={**WORKER_ALLOCATORS, **os.environ, **WORKER_THREADS},
+                env={
+                    **WORKER_ALLOCATORS,
+                    **os.environ,
+                    **WORKER_THREADS,
+                    "_RJEM_MALLOC_CONF": worker_jemalloc(os.environ.get("_RJEM_MALLOC_CONF")),
+                },  # fmt: skip
                 start_new_session=True,  # Ctrl-C at a terminal reaches the driver only, which stops the workers
                 stdin=subprocess.DEVNULL,
                 stdout=subprocess.DEVNULL,  # the driver's stdout may be the output (``-``)
