@@ -502,13 +502,16 @@ def test_a_worker_process_killed_mid_scan_is_an_error_that_says_so(tmp: Path) ->
 
 def test_scan_workers_keep_freed_memory_unless_the_user_set_the_allocators(monkeypatch) -> None:
     """Scan workers start with allocator settings that keep freed memory for the next block
-    (and one thread each); a setting the user's environment has is left as the user set it."""
+    (and one thread each); a setting the user's environment has is left as the user set it.
+    Polars' jemalloc setting (polars puts its own first, and a later option wins) gets the
+    workers' after polars' own and before the user's."""
     import psutil
 
-    from datakit.scan_workers import WORKER_ALLOCATORS, Worker, stop
+    from datakit.scan_workers import POLARS_JEMALLOC, WORKER_ALLOCATORS, WORKER_JEMALLOC, Worker, stop
 
     monkeypatch.setenv("MALLOC_TOP_PAD_", "4096")
     monkeypatch.delenv("MALLOC_TRIM_THRESHOLD_", raising=False)
+    monkeypatch.setenv("_RJEM_MALLOC_CONF", f"{POLARS_JEMALLOC},narenas:2")  # as polars leaves the user's
     worker = Worker.start()
     try:
         environment = psutil.Process(worker.process.pid).environ()
@@ -517,3 +520,4 @@ def test_scan_workers_keep_freed_memory_unless_the_user_set_the_allocators(monke
     assert environment["MALLOC_TOP_PAD_"] == "4096"
     assert environment["MALLOC_TRIM_THRESHOLD_"] == WORKER_ALLOCATORS["MALLOC_TRIM_THRESHOLD_"]
     assert environment["POLARS_MAX_THREADS"] == "1"
+    assert environment["_RJEM_MALLOC_CONF"] == f"{WORKER_JEMALLOC},narenas:2"
