@@ -103,7 +103,6 @@ from datakit.dedupe import DedupeConfig
 from datakit.formats import Read
 from datakit.pipeline import Sink, write_part
 from datakit.record import few_gc_passes
-from datakit.io import series_of_buffers
 from datakit.text import Texts, nfkc_and_lower, record_text, words_and_exact_keys
 from datakit.value_guard import Values, candidate_rows, candidates
 
@@ -122,9 +121,8 @@ with few_gc_passes():  # as the executors read
 raw = cpu("join each record's texts", lambda: pl.Series([record_text(r) for r in records]))
 nfkc_and_lower(raw[:10], table_from=0)  # make the tables and compile first: not timed
 normal, lower = cpu("text: NFKC and lower case (one compiled pass)", lambda: nfkc_and_lower(raw))
-lower = series_of_buffers("text", *lower, pl.String)
-words_and_exact_keys(lower[:10])  # compile and make the table first: not timed
-cpu("text: words and exact key (one compiled pass)", lambda: words_and_exact_keys(lower))
+words_and_exact_keys(*nfkc_and_lower(raw[:10], table_from=0)[1])  # compile and make the table first: not timed
+cpu("text: words and exact key (one compiled pass)", lambda: words_and_exact_keys(*lower))
 candidates(normal[:10])  # compile and make the table first: not timed
 found = cpu("text: candidate values (one compiled pass)", lambda: candidates(normal))
 with tempfile.TemporaryDirectory() as folder:  # what the value guard reads back in reduce

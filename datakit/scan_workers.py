@@ -60,10 +60,11 @@ WORKER_THREADS = {"POLARS_MAX_THREADS": "1", "NUMBA_NUM_THREADS": "1", "OMP_NUM_
 #
 # Polars' jemalloc the same way: ``import polars`` sets _RJEM_MALLOC_CONF to give freed pages
 # back after half a second, less than a block takes, so every block faulted its polars memory in
-# again. Kept for five seconds (two or three blocks), a worker's page faults halved and its CPU
-# a record fell 7% (/tmp/scanfaults.py: 29.2-29.6 to 27.2 us, Intel Xeon with AMX). Keeping it
-# for good (dirty_decay_ms:-1 with oversize_threshold:0) made 10M records slower: 308 s against
-# 297, at a peak of 9.0 GB against 8.6.
+# again. Kept for five seconds (two or three blocks), on benchmarks/dedupe_scale.py's 1M records
+# (alternating runs, Intel Xeon with AMX) the workers' page faults fell from 1.83-1.88M to
+# 1.19-1.26M, the dedupe's CPU from 47.6-47.9 s to 46.6-46.7 and its scan from 19.3-19.4 s to
+# 18.5-18.6. Keeping it for good (dirty_decay_ms:-1 with oversize_threshold:0) made 10M records slower:
+# 308 s against 297, at a peak of 9.0 GB against 8.6.
 WORKER_ALLOCATORS = {
     "MALLOC_TRIM_THRESHOLD_": str(1 << 30),
     "MALLOC_TOP_PAD_": str(256 << 20),

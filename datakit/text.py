@@ -10,6 +10,7 @@ from __future__ import annotations
 import functools
 import re
 import unicodedata
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any, NamedTuple
 
 import numba
@@ -104,7 +105,7 @@ class Texts:
         series = pl.Series("text", texts, dtype=pl.String).fill_null("")
         nfkc, lower = nfkc_and_lower(series)
         shared = {"nfkc": nfkc} if keep_nfkc else {}
-        words, word_offsets, exact_key, exact_length = _analyse(*lower, character_classes())
+        words, word_offsets, exact_key, exact_length = words_and_exact_keys(*lower)
         del lower  # the lower-cased texts are not kept: only their words and exact keys
         shared["words"] = (words, word_offsets)
         frame = pl.DataFrame({"exact_key": exact_key, "exact_length": exact_length})
@@ -151,7 +152,7 @@ class Texts:
 
 # --- NFKC ----------------------------------------------------------------------------------
 
-NFKC_TABLE_FROM = 10_000  # texts: below this many, polars alone is quicker than making the table (0.6 s)
+NFKC_TABLE_FROM = 10_000  # texts: below this many, polars alone is quicker than making the tables (0.8 s)
 
 
 def normalise_nfkc(texts: pl.Series, table_from: int = NFKC_TABLE_FROM) -> pl.Series:
@@ -289,7 +290,8 @@ def _nfkc_by_character(data, offsets, alone, mapped, form_offsets, forms, lowere
                 done[d], length, lower_length = False, 0, 0
                 break
             length += form_offsets[point + 1] - form_offsets[point] if mapped[point] else size
-            lower_length += lower_offsets[point + 1] - lower_offsets[point] if lowered[point] else size
+            if lower:
+                lower_length += lower_offsets[point + 1] - lower_offsets[point] if lowered[point] else size
             i += size
         lengths[d + 1] = length
         lower_lengths[d + 1] = lower_length if lower else 0
@@ -363,12 +365,35 @@ def character_classes() -> np.ndarray:
     return classes
 
 
-def words_and_exact_keys(normalised: pl.Series) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+PARALLEL_FROM = 10_000  # texts: below this many, the word pass runs on one thread
+
+
+def words_and_exact_keys(
+    data: np.ndarray, offsets: np.ndarray
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """(word hashes, word offsets per text, exact key hashes, exact key lengths) of texts already
-    NFKC-normalised and lower-cased (no nulls): the compiled pass, ``_analyse``."""
-    data, offsets = buffers_of(normalised)
-    del normalised  # the bytes are an Arrow copy: one copy is held during the pass, not two
-    return _analyse(data, offsets, character_classes())
+    NFKC-normalised and lower-cased, given as their UTF-8 bytes and int64 offsets (text d is
+    data[offsets[d]:offsets[d + 1]]): the compiled pass, ``_analyse``. With more than one numba
+    thread (a dedupe's scan workers have one each), the texts are split among threads."""
+    classes = character_classes()
+    threads, n = numba.get_num_threads(), len(offsets) - 1
+    if threads == 1 or n < PARALLEL_FROM:
+        return _analyse(data, offsets, classes)
+    bounds = np.linspace(0, n, threads + 1).astype(np.int64)
+    with ThreadPoolExecutor(threads) as pool:  # (the pass holds no GIL)
+        parts = list(
+            pool.map(lambda k: _analyse(data, offsets[bounds[k] : bounds[k + 1] + 1], classes), range(threads))
+        )
+    word_counts = np.cumsum([0] + [len(words) for words, _, _, _ in parts])
+    word_offsets = np.concatenate(
+        [[0]] + [offs[1:] + base for (_, offs, _, _), base in zip(parts, word_counts, strict=False)]
+    )
+    return (
+        np.concatenate([words for words, _, _, _ in parts]),
+        word_offsets,
+        np.concatenate([key for _, _, key, _ in parts]),
+        np.concatenate([length for _, _, _, length in parts]),
+    )
 
 
 @numba.njit(cache=True, nogil=True, inline="always")
@@ -446,9 +471,9 @@ def _analyse(data, offsets, classes):
     with room for a word every 4 bytes, more than typical texts need. (Room for every text's
     most, made up front, was 4 bytes for each byte of text: fresh memory each call, whose page
     faults made the pass 1.45x slower on a scan's block of 32 MB, Intel Xeon with AMX.) One
-    thread: a dedupe's scan workers are the parallelism."""
+    thread: ``words_and_exact_keys`` splits the texts among threads."""
     n = len(offsets) - 1
-    words = np.empty(len(data) // 4 + 16, dtype=np.uint64)
+    words = np.empty((offsets[n] - offsets[0]) // 4 + 16, dtype=np.uint64)
     word_offsets = np.zeros(n + 1, dtype=np.int64)
     exact_key = np.empty(n, dtype=np.uint64)
     exact_length = np.empty(n, dtype=np.uint32)

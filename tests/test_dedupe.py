@@ -500,6 +500,19 @@ def test_a_worker_process_killed_mid_scan_is_an_error_that_says_so(tmp: Path) ->
     assert psutil.Process().children(recursive=True) == []
 
 
+def test_polars_puts_the_jemalloc_setting_the_scan_workers_expect_first() -> None:
+    """A scan worker's jemalloc setting goes after polars' own, which it finds by its text
+    (POLARS_JEMALLOC): another polars that wrote another one would quietly undo the setting."""
+    import os
+
+    from datakit.scan_workers import POLARS_JEMALLOC
+
+    environment = {k: v for k, v in os.environ.items() if k != "_RJEM_MALLOC_CONF"}
+    code = "import os, polars; print(os.environ['_RJEM_MALLOC_CONF'])"
+    written = subprocess.run([sys.executable, "-c", code], env=environment, capture_output=True, text=True, check=True)
+    assert written.stdout.strip() == POLARS_JEMALLOC
+
+
 def test_scan_workers_keep_freed_memory_unless_the_user_set_the_allocators(monkeypatch) -> None:
     """Scan workers start with allocator settings that keep freed memory for the next block
     (and one thread each); a setting the user's environment has is left as the user set it.

@@ -304,8 +304,10 @@ def test_nfkc_by_character_is_nfkc(texts: list[str]) -> None:
 
 def test_nfkc_by_character_holds_for_every_code_point() -> None:
     """Every code point alone, doubled, between a letter and a combining mark, before a Hangul
-    trailing consonant, after a leading one, and between capitals: wherever the table copies a
-    character's NFKC form and its lower case, that is what NFKC and lower-casing make of it there."""
+    trailing consonant, after a leading one, between capitals, and after a Greek capital sigma
+    (left to polars, whose lower case of it depends on what follows): wherever the table copies
+    a character's NFKC form and its lower case, that is what NFKC and lower-casing make of it
+    there."""
     import numpy as np
     import polars as pl
 
@@ -314,13 +316,37 @@ def test_nfkc_by_character_holds_for_every_code_point() -> None:
 
     one_each = pl.Series([chr(p) for p in np.r_[0:0xD800, 0xE000:0x110000].tolist()])
     for texts in (one_each, one_each + one_each, "x" + one_each + "\u0301", one_each + "\u11a8", "\u1100" + one_each,
-                  "Ab" + one_each + "Σ"):  # fmt: skip
+                  "Ab" + one_each + "Z", "ΑΣ" + one_each):  # fmt: skip
         expected = texts.str.normalize("NFKC")
         found, (lower, offsets) = nfkc_and_lower(texts, table_from=0)
         wrong = (found != expected).arg_true()
         assert wrong.len() == 0, [texts[i] for i in wrong.head(5).to_list()]
         wrong = (series_of_buffers("", lower, offsets, pl.String) != expected.str.to_lowercase()).arg_true()
         assert wrong.len() == 0, [texts[i] for i in wrong.head(5).to_list()]
+
+
+def test_the_word_pass_split_among_threads_is_the_pass_on_one(monkeypatch) -> None:
+    """With more than one numba thread the texts are split among threads and the parts joined:
+    the words, their offsets and the exact keys are those of one thread over all the texts."""
+    import numba
+    import numpy as np
+    import polars as pl
+    import pytest
+
+    from datakit import text
+
+    if numba.config.NUMBA_NUM_THREADS < 2:
+        pytest.skip("one numba thread: nothing to split")
+    rng = np.random.default_rng(0)
+    words = ["a", "bc", "東", "déf", "17", " ", "\n", ""]
+    texts = ["".join(rng.choice(words, size=rng.integers(0, 40))) for _ in range(301)]
+    data, offsets = text.nfkc_and_lower(pl.Series(texts), table_from=0)[1]
+    one = text._analyse(data, offsets, text.character_classes())
+    monkeypatch.setattr(text, "PARALLEL_FROM", 0)
+    numba.set_num_threads(2)
+    split = text.words_and_exact_keys(data, offsets)
+    for got, expected in zip(split, one, strict=True):
+        assert got.tolist() == expected.tolist()
 
 
 # letters of every case (titlecase ǅ, modifier ʰ, other Lo 東), digits of other scripts (٣) and
