@@ -176,21 +176,25 @@ def _identity(value: int) -> int:
 
 def band_keys(sigs: np.ndarray, params: LshParams) -> np.ndarray:
     """uint64[n, bands]: one hash per band of ``rows`` signature values, a sum weighted by powers
-    of FNV's 64-bit prime (mod 2**64), folded."""
+    of FNV's 64-bit prime (mod 2**64) started from a number of its band's own, folded. Two
+    records share a band bucket when they have the same key there: bands start from different
+    numbers, so equal values in two different bands give different keys (but for a chance of one
+    in 2**64), and the key alone names the bucket."""
     if sigs.ndim != 2 or sigs.shape[1] < params.bands * params.rows:  # (the compiled loop does not check)
         raise ValueError(f"band_keys needs signatures of {params.bands * params.rows} values or more, got {sigs.shape}")
     weights = np.uint64(0x100000001B3) ** np.arange(params.rows, dtype=np.uint64)
-    return _band_keys(sigs, params.bands, params.rows, weights)
+    starts = np.arange(1, params.bands + 1, dtype=np.uint64) * np.uint64(0x9E3779B97F4A7C15)  # golden-ratio steps
+    return _band_keys(sigs, params.bands, params.rows, weights, starts)
 
 
 @numba.njit(cache=True, nogil=True)
-def _band_keys(sigs: np.ndarray, bands: int, rows: int, weights: np.ndarray) -> np.ndarray:
+def _band_keys(sigs: np.ndarray, bands: int, rows: int, weights: np.ndarray, starts: np.ndarray) -> np.ndarray:
     # one pass, where numpy made three uint64 arrays of every value it sums (33 MB each for a
     # scan's block of 40k records; 0.8 us a record against 0.04 here, Intel Xeon with AMX)
     keys = np.empty((len(sigs), bands), dtype=np.uint64)
     for d in range(len(sigs)):
         for band in range(bands):
-            key = np.uint64(0)
+            key = starts[band]
             for r in range(rows):
                 key += np.uint64(sigs[d, band * rows + r]) * weights[r]
             keys[d, band] = key ^ (key >> np.uint64(31))
@@ -201,9 +205,9 @@ MAX_BUCKET_PAIRS = 64  # a bucket larger than this is checked as a chain plus a 
 
 
 def bucket_pairs(frame: pl.DataFrame) -> np.ndarray:
-    """The pairs of records that share a band bucket, from rows (band, key, position): all of one
-    band key's rows must be in ``frame``. Each pair (i < j, maybe repeated) is one uint64, its
-    pair key i << 32 | j: half the memory of two int64, and sorted as one number (``unique_pairs``).
+    """The pairs of records that share a band bucket, from rows (key, position): all of one band
+    key's rows must be in ``frame``. Each pair (i < j, maybe repeated) is one uint64, its pair
+    key i << 32 | j: half the memory of two int64, and sorted as one number (``unique_pairs``).
 
     A bucket of k <= MAX_BUCKET_PAIRS records yields all its pairs; a bigger one (many copies
     of one text) yields each member with the first and with its neighbour, which is enough to
@@ -212,13 +216,9 @@ def bucket_pairs(frame: pl.DataFrame) -> np.ndarray:
     # most rows are alone in their bucket (4 in 5 in benchmarks/dedupe_scale.py): a compiled pass
     # over a table of bits drops nearly all of them before the rest are sorted, 4x faster than
     # counting every row's bucket with polars (25M rows: 0.3 s against 1.9 s)
-    band, key = frame["band"].to_numpy(), frame["key"].to_numpy()
-    # the key first: it nearly always decides alone (2x faster than band first: 3.4M rows, 0.38 s)
-    frame = frame.filter(pl.Series(_maybe_shared(band, key, _bits_for(len(key))))).sort("key", "band", "position")
-    positions = frame["position"].to_numpy()
-    if len(positions) and int(positions.max()) >= 1 << 32:  # (4 billion records; a pair key holds two)
-        raise ValueError("bucket_pairs takes positions below 2**32")
-    return _pairs_in_buckets(frame["band"].to_numpy(), frame["key"].to_numpy(), positions, MAX_BUCKET_PAIRS)
+    key = frame["key"].to_numpy()
+    frame = frame.filter(pl.Series(_maybe_shared(key, _bits_for(len(key))))).sort("key", "position")
+    return _pairs_in_buckets(frame["key"].to_numpy(), frame["position"].to_numpy(), MAX_BUCKET_PAIRS)
 
 
 def _bits_for(rows: int) -> int:
@@ -228,41 +228,41 @@ def _bits_for(rows: int) -> int:
 
 
 @numba.njit(cache=True, nogil=True)
-def _maybe_shared(band: np.ndarray, key: np.ndarray, bits: int) -> np.ndarray:
-    """bool[rows]: True for every row whose (band, key) another row has too, and for a few that
-    are alone but whose bit another row's bucket hashes to (the caller's grouping finds them
-    alone). Each bucket sets its bit once seen, and a second bit once seen twice."""
+def _maybe_shared(key: np.ndarray, bits: int) -> np.ndarray:
+    """bool[rows]: True for every row whose key another row has too, and for a few that are
+    alone but whose bit another row's bucket hashes to (the caller's grouping finds them alone).
+    Each bucket sets its bit once seen, and a second bit once seen twice."""
     seen = np.zeros((1 << bits) >> 6, dtype=np.uint64)
     twice = np.zeros_like(seen)
     shift = np.uint64(64 - bits)
     for i in range(len(key)):
-        slot = _slot(band[i], key[i], shift)
+        slot = _slot(key[i], shift)
         word, bit = slot >> np.uint64(6), np.uint64(1) << (slot & np.uint64(63))
         if seen[word] & bit:
             twice[word] |= bit
         seen[word] |= bit
     shared = np.empty(len(key), dtype=np.bool_)
     for i in range(len(key)):
-        slot = _slot(band[i], key[i], shift)
+        slot = _slot(key[i], shift)
         shared[i] = (twice[slot >> np.uint64(6)] >> (slot & np.uint64(63))) & np.uint64(1)
     return shared
 
 
 @numba.njit(cache=True, nogil=True, inline="always")
-def _slot(band: np.uint16, key: np.uint64, shift: np.uint64) -> np.uint64:
-    """The bit of a (band, key): multiplicative hashing, the top bits of an odd multiple."""
-    return ((key ^ (np.uint64(band) * np.uint64(0x9E3779B97F4A7C15))) * np.uint64(0xBF58476D1CE4E5B9)) >> shift
+def _slot(key: np.uint64, shift: np.uint64) -> np.uint64:
+    """The bit of a key: multiplicative hashing, the top bits of an odd multiple."""
+    return (key * np.uint64(0xBF58476D1CE4E5B9)) >> shift
 
 
 @numba.njit(cache=True, nogil=True)
-def _pairs_in_buckets(band: np.ndarray, key: np.ndarray, members: np.ndarray, most: int) -> np.ndarray:
-    """The pair keys of each bucket (a run of equal band and key; rows sorted by key, band,
-    position, so a bucket's members rise): all of a bucket of up to ``most`` rows, else a star on
-    the first and a chain."""
-    pairs = np.empty(_pair_count(band, key, most), dtype=np.uint64)
+def _pairs_in_buckets(key: np.ndarray, members: np.ndarray, most: int) -> np.ndarray:
+    """The pair keys of each bucket (a run of equal keys; rows sorted by key, position, so a
+    bucket's members rise): all of a bucket of up to ``most`` rows, else a star on the first and
+    a chain."""
+    pairs = np.empty(_pair_count(key, most), dtype=np.uint64)
     at, start, high = 0, 0, np.uint64(32)
     while start < len(members):
-        end = _bucket_end(band, key, start)
+        end = _bucket_end(key, start)
         if end - start <= most:
             for i in range(start, end):
                 for j in range(i + 1, end):
@@ -279,10 +279,10 @@ def _pairs_in_buckets(band: np.ndarray, key: np.ndarray, members: np.ndarray, mo
 
 
 @numba.njit(cache=True, nogil=True)
-def _pair_count(band: np.ndarray, key: np.ndarray, most: int) -> int:
+def _pair_count(key: np.ndarray, most: int) -> int:
     count, start = 0, 0
     while start < len(key):
-        end = _bucket_end(band, key, start)
+        end = _bucket_end(key, start)
         size = end - start
         count += size * (size - 1) // 2 if size <= most else 2 * (size - 1)
         start = end
@@ -290,9 +290,9 @@ def _pair_count(band: np.ndarray, key: np.ndarray, most: int) -> int:
 
 
 @numba.njit(cache=True, nogil=True, inline="always")
-def _bucket_end(band: np.ndarray, key: np.ndarray, start: int) -> int:
+def _bucket_end(key: np.ndarray, start: int) -> int:
     end = start + 1
-    while end < len(key) and key[end] == key[start] and band[end] == band[start]:
+    while end < len(key) and key[end] == key[start]:
         end += 1
     return end
 
@@ -329,14 +329,13 @@ def _distinct_pairs(keys: np.ndarray) -> np.ndarray:
 
 
 def band_rows(keys: np.ndarray, positions: np.ndarray) -> pl.DataFrame:
-    """Band keys uint64[n, bands] of the records at ``positions`` as rows (band, key, position)."""
-    return pl.DataFrame(
-        {
-            "band": np.tile(np.arange(keys.shape[1], dtype=np.uint16), len(keys)),
-            "key": keys.ravel(),
-            "position": np.repeat(positions.astype(np.uint64), keys.shape[1]),
-        }
-    )
+    """Band keys uint64[n, bands] of the records at ``positions`` as rows (key, position). A
+    position is a uint32 (12 bytes a row, not 18 with a band number and a uint64): at 10M
+    records these rows are the largest table a scan writes. A pair key holds two positions of
+    32 bits, so larger ones are refused here, before they could wrap."""
+    if len(positions) and int(positions.max()) >= 1 << 32:  # (4 billion records)
+        raise ValueError("band_rows takes positions below 2**32")
+    return pl.DataFrame({"key": keys.ravel(), "position": np.repeat(positions.astype(np.uint32), keys.shape[1])})
 
 
 def candidate_pairs(keys: np.ndarray, eligible: np.ndarray | None = None) -> np.ndarray:

@@ -486,10 +486,9 @@ def test_bucket_pairs_are_the_pairs_of_each_shared_bucket(rows, most: int, bits:
     from datakit import minhash
 
     frame = pl.DataFrame(
-        {
-            "band": np.array([b for b, _ in rows], dtype=np.uint16),
-            "key": np.array([k * 0x9E3779B97F4A7C15 % 2**64 for _, k in rows], dtype=np.uint64),
-            "position": np.arange(first, first + len(rows), dtype=np.uint64)[::-1].copy(),  # not in row order
+        {  # a key for each (band, k): an odd multiple of a distinct number, as band_keys' keys differ
+            "key": np.array([(b << 8 | k) * 0x9E3779B97F4A7C15 % 2**64 for b, k in rows], dtype=np.uint64),
+            "position": np.arange(first, first + len(rows), dtype=np.uint32)[::-1].copy(),  # not in row order
         }
     )
     buckets: dict = {}
@@ -508,27 +507,35 @@ def test_bucket_pairs_are_the_pairs_of_each_shared_bucket(rows, most: int, bits:
     assert sorted((int(k) >> 32, int(k) & 0xFFFFFFFF) for k in got) == sorted(expected)
 
 
-def test_bucket_pairs_refuses_positions_a_pair_key_cannot_hold() -> None:
+def test_band_rows_refuse_positions_a_pair_key_cannot_hold() -> None:
     """A position of 2**32 or more would not fit its half of a pair key (two records would be
-    confused): refused, not wrapped."""
+    confused): refused, not wrapped; 2**32 - 1 still fits."""
     import numpy as np
-    import polars as pl
     import pytest
 
     from datakit import minhash
 
-    frame = pl.DataFrame(
-        {
-            "band": np.zeros(2, dtype=np.uint16),
-            "key": np.full(2, 7, dtype=np.uint64),
-            "position": np.array([1, 2**32], dtype=np.uint64),
-        }
-    )
+    keys = np.full((2, 1), 7, dtype=np.uint64)
     with pytest.raises(ValueError, match="below 2\\*\\*32"):
-        minhash.bucket_pairs(frame)
-    assert minhash.bucket_pairs(frame.with_columns(position=np.array([1, 2**32 - 1], dtype=np.uint64))).tolist() == [
-        1 << 32 | 2**32 - 1
-    ]
+        minhash.band_rows(keys, np.array([1, 2**32], dtype=np.uint64))
+    rows = minhash.band_rows(keys, np.array([1, 2**32 - 1], dtype=np.uint64))
+    assert minhash.bucket_pairs(rows).tolist() == [1 << 32 | 2**32 - 1]
+
+
+@settings(max_examples=100, deadline=None)
+@given(values=st.lists(st.integers(0, 2**32 - 1), min_size=4, max_size=4), bands=st.integers(2, 6))
+def test_equal_values_in_different_bands_give_different_keys(values: list[int], bands: int) -> None:
+    """A band bucket is named by its key alone, so two bands holding the same values must not
+    share a key; the same values in the same band do."""
+    import numpy as np
+
+    from datakit.minhash import LshParams, band_keys
+
+    params = LshParams(threshold=0.5, num_perm=4 * bands, bands=bands, rows=4)
+    sigs = np.array([values * bands, values * bands], dtype=np.uint32)
+    keys = band_keys(sigs, params)
+    assert len(set(keys[0].tolist())) == bands
+    assert keys[0].tolist() == keys[1].tolist()
 
 
 @settings(max_examples=200, deadline=None)
