@@ -71,6 +71,18 @@ def _ignore(signum: int, frame: Any) -> None:
     """The handler once a command has been interrupted: it is ending anyway."""
 
 
+def _forget_interrupt_in_exec() -> None:
+    """Undo CPython's note of a KeyboardInterrupt that left code run by ``exec`` of a string.
+
+    Up to 3.13, CPython notes such an interrupt even when it is caught (dataclasses and namedtuple
+    build their methods with ``exec``, so a Ctrl-C during a lazy import of torch lands there), and
+    under ``python -m`` it then ends the process with SIGINT (status -2) after the cleanup, in
+    place of our exit status. Every ``exec`` of a string clears that note before it runs, so an
+    empty one forgets it. Later versions note only an uncaught interrupt, and this does nothing.
+    """
+    exec("")  # a constant empty string, run only for the side effect above
+
+
 def describe_os_error(exc: OSError) -> str:
     """``FILE: reason`` for a file-system error, with the second file of a rename when it matters."""
     reason = OS_REASONS.get(exc.errno) or exc.strerror or str(exc)
@@ -132,6 +144,7 @@ class Commands(click.Group):
             previous = {number: _ignore for number in previous}
             for number in previous:
                 signal.signal(number, _ignore)
+            _forget_interrupt_in_exec()
             click.echo("interrupted: unfinished outputs and temporary files were removed "
                        "(checkpoints and caches stay, for a rerun to resume)", err=True)  # fmt: skip
             ctx.exit(status)

@@ -141,3 +141,31 @@ def test_a_bug_is_one_line_that_says_so_with_the_traceback_in_a_log(tmp: Path, m
     assert "\n" not in line and "bug in datakit" in line and "ZeroDivisionError" in line
     log = next((tmp / "logs").glob("bug-*.log"))
     assert str(log) in line and "Traceback" in log.read_text() and "Traceback" not in result.output
+
+
+def test_ctrl_c_inside_code_run_by_exec_still_exits_130(tmp: Path) -> None:
+    """Ctrl-C that lands while Python runs code built from a string (dataclasses and namedtuple
+    make their methods that way, so a lazy import of torch does it often) ends the command with
+    "interrupted" and exit status 130 under ``python -m``, not with the process killed by SIGINT:
+    CPython up to 3.13 remembers such a KeyboardInterrupt even once it has been caught."""
+    (tmp / "exec_command.py").write_text(
+        "import click\n"
+        "from datakit.commands import Commands\n"
+        "@click.group(cls=Commands)\n"
+        "def main():\n"
+        "    pass\n"
+        "@main.command()\n"
+        "def work():\n"
+        "    exec('import os, signal, time\\nos.kill(os.getpid(), signal.SIGINT)\\ntime.sleep(30)')\n"
+        "if __name__ == '__main__':\n"
+        "    main()\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-m", "exec_command", "work"],
+        capture_output=True,
+        text=True,
+        cwd=tmp,
+        timeout=60,
+    )
+    assert result.returncode == 130, result.stderr
+    assert result.stderr.startswith("interrupted:") and "Traceback" not in result.stderr
