@@ -386,7 +386,7 @@ def words_and_exact_keys(
         )
     word_counts = np.cumsum([0] + [len(words) for words, _, _, _ in parts])
     word_offsets = np.concatenate(
-        [[0]] + [offs[1:] + base for (_, offs, _, _), base in zip(parts, word_counts, strict=False)]
+        [[0]] + [offs[1:] + base for (_, offs, _, _), base in zip(parts, word_counts[:-1], strict=True)]
     )
     return (
         np.concatenate([words for words, _, _, _ in parts]),
