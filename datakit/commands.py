@@ -74,11 +74,11 @@ def _ignore(signum: int, frame: Any) -> None:
 def _forget_interrupt_in_exec() -> None:
     """Undo CPython's note of a KeyboardInterrupt that left code run by ``exec`` of a string.
 
-    Up to 3.13, CPython notes such an interrupt even when it is caught (dataclasses and namedtuple
+    CPython 3.10 to 3.13 note such an interrupt even when it is caught (dataclasses and namedtuple
     build their methods with ``exec``, so a Ctrl-C during a lazy import of torch lands there), and
-    under ``python -m`` it then ends the process with SIGINT (status -2) after the cleanup, in
-    place of our exit status. Every ``exec`` of a string clears that note before it runs, so an
-    empty one forgets it. Later versions note only an uncaught interrupt, and this does nothing.
+    under ``python -m`` then end the process with SIGINT (status -2) after the cleanup, in place
+    of our exit status. There every ``exec`` of a string clears that note before it runs, so an
+    empty one forgets it. Where a newer CPython notes only an uncaught interrupt, it does nothing.
     """
     exec("")  # a constant empty string, run only for the side effect above
 
