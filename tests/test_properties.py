@@ -343,8 +343,12 @@ def test_the_word_pass_split_among_threads_is_the_pass_on_one(monkeypatch) -> No
     data, offsets = text.nfkc_and_lower(pl.Series(texts), table_from=0)[1]
     one = text._analyse(data, offsets, text.character_classes())
     monkeypatch.setattr(text, "PARALLEL_FROM", 0)
+    threads = numba.get_num_threads()
     numba.set_num_threads(2)
-    split = text.words_and_exact_keys(data, offsets)
+    try:
+        split = text.words_and_exact_keys(data, offsets)
+    finally:
+        numba.set_num_threads(threads)  # (monkeypatch cannot undo it; later tests get numba as it was)
     for got, expected in zip(split, one, strict=True):
         assert got.tolist() == expected.tolist()
 
